@@ -1,0 +1,316 @@
+"""The ``pyro-vae`` command: ``train``, ``evaluate``, ``sample`` and ``plot``.
+
+Every error the library raises on purpose is printed as one line, ``pyro-vae: error: ...``, and
+exits with status 2 (as argparse does for a bad option); Ctrl-C during training finishes the
+current epoch, writes the checkpoint and exits with status 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from pyro_vae.config import (
+    ARCHS,
+    BINARIZE,
+    ELBOS,
+    KL_SCHEDULES,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    Config,
+    parse_hidden,
+)
+from pyro_vae.data import DATASETS
+from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.networks import ACTIVATIONS
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", default="digits", choices=DATASETS,
+                   help="data set (default: digits, scikit-learn's 8x8 digits, embedded)")
+    d.add_argument("--data", help="path of a .npy/.npz/.csv file or image folder "
+                   "(with --dataset file)")
+    d.add_argument("--data-root", help="folder holding torchvision data sets (default: "
+                   "$PYRO_VAE_DATA or ~/.cache/pyro-vae; Debian's Fashion-MNIST is found "
+                   "automatically)")
+    d.add_argument("--download", action="store_true",
+                   help="let torchvision download missing data (needs internet)")
+    d.add_argument("--split-seed", type=_int, default=0,
+                   help="seed of the train/test split and of generated data (default 0)")
+    d.add_argument("--test-fraction", type=_float, default=0.2,
+                   help="test share for data sets without an official split (default 0.2)")
+    d.add_argument("--image-size", type=_int, default=64,
+                   help="side of CelebA / image-folder images after resizing (default 64)")
+    d.add_argument("--label-column", help="CSV column (name or 0-based index) holding labels")
+    d.add_argument("--max-train", type=_int, help="use only the first N training points")
+    d.add_argument("--max-test", type=_int, help="use only the first N test points")
+    d.add_argument("--binarize", choices=BINARIZE,
+                   help="for --likelihood bernoulli on grey images: 'dynamic' draws pixels "
+                   "~ Bernoulli(intensity) per mini-batch, 'threshold' uses x > 0.5 "
+                   "(default for image data sets: dynamic)")
+
+    m = p.add_argument_group("model")
+    m.add_argument("--arch", choices=ARCHS, help="mlp or conv (28x28 / 64x64 images)")
+    m.add_argument("--hidden", type=parse_hidden,
+                   help="comma-separated hidden layer sizes of the encoder; the decoder "
+                   "mirrors them (e.g. 400 or 512,256)")
+    m.add_argument("--activation", default="relu", choices=tuple(ACTIVATIONS),
+                   help="hidden activation of the MLPs (default relu)")
+    m.add_argument("--latent-dim", type=_int, help="dimension L of z")
+    m.add_argument("--likelihood", choices=LIKELIHOODS, help="observation model p(x|z)")
+    m.add_argument("--obs-scale", type=_float,
+                   help="fixed σ of --likelihood gaussian (b of laplace), or the starting "
+                   "value of a learned one")
+    m.add_argument("--allow-greyscale", action="store_true",
+                   help="let bernoulli score grey values (cross-entropy, not a density)")
+    m.add_argument("--conditional", action="store_true",
+                   help="conditional VAE: encoder and decoder also see the label y")
+
+    i = p.add_argument_group("inference")
+    i.add_argument("--elbo", default="trace", choices=ELBOS,
+                   help="trace: Trace_ELBO (Monte Carlo KL); meanfield: TraceMeanField_ELBO "
+                   "(analytic KL) (default trace)")
+    i.add_argument("--jit", action="store_true", help="use the JIT-compiled ELBO")
+    i.add_argument("--num-particles", type=_int, default=1,
+                   help="samples of z per data point per step, vectorized (default 1)")
+    i.add_argument("--optimizer", default="adam", choices=OPTIMIZERS,
+                   help="pyro.optim Adam or ClippedAdam (default adam)")
+    i.add_argument("--lr", type=_float, help="learning rate")
+    i.add_argument("--clip-norm", type=_float, default=10.0,
+                   help="gradient norm clip of clipped-adam (default 10)")
+    i.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,
+                   help="per-epoch learning-rate schedule (default constant)")
+    i.add_argument("--lr-decay", type=_float, default=0.99,
+                   help="factor per epoch of --lr-schedule exponential (default 0.99)")
+    i.add_argument("--beta", type=_float, default=1.0,
+                   help="KL weight β (> 0) applied with poutine.scale on site z (default 1)")
+    i.add_argument("--kl-schedule", default="constant", choices=KL_SCHEDULES,
+                   help="β schedule: constant, linear warm-up, or cyclical (default constant)")
+    i.add_argument("--warmup-epochs", type=_int, default=10,
+                   help="epochs of the linear β warm-up (default 10)")
+    i.add_argument("--cycles", type=_int, default=4, help="cycles of the cyclical schedule")
+    i.add_argument("--cycle-ramp", type=_float, default=0.5,
+                   help="share of each cycle during which β rises (default 0.5)")
+
+    r = p.add_argument_group("run")
+    r.add_argument("--epochs", type=_int, help="number of passes over the training data")
+    r.add_argument("--batch-size", type=_int, help="mini-batch size")
+    r.add_argument("--seed", type=_int, default=0, help="random seed of the run (default 0)")
+    r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    r.add_argument("--eval-samples", type=_int, default=1,
+                   help="samples of z for the per-epoch test ELBO (default 1)")
+    r.add_argument("--checkpoint-every", type=_int, default=1,
+                   help="write the checkpoint every N epochs (default 1)")
+    r.add_argument("--skip-nonfinite", action="store_true",
+                   help="skip steps whose loss or gradient is NaN/inf instead of stopping")
+    r.add_argument("--out", help="run folder (default runs/DATASET, or runs/DATASET-N if taken)")
+    r.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--no-figures", action="store_true", help="skip the figures at the end")
+
+
+def _config_from_args(args: argparse.Namespace) -> Config:
+    keys = [f for f in Config.__dataclass_fields__ if f != "extra"]
+    return Config(**{k: getattr(args, k) for k in keys if hasattr(args, k)})
+
+
+def _default_out(dataset: str) -> Path:
+    base = Path("runs") / dataset
+    if not (base / "checkpoint.pt").exists():
+        return base
+    n = 2
+    while (Path("runs") / f"{dataset}-{n}" / "checkpoint.pt").exists():
+        n += 1
+    return Path("runs") / f"{dataset}-{n}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pyro_vae.runs import train_run
+
+    config = _config_from_args(args)
+    if args.resume and not args.out:
+        raise ConfigError("--resume needs --out RUN_FOLDER, the run to continue")
+    out = Path(args.out) if args.out else _default_out(args.dataset)
+    start = time.perf_counter()
+    result = train_run(config, out, resume=args.resume, progress=not args.no_progress,
+                       figures=not args.no_figures)
+    last = result.history[-1] if result.history else {}
+    print(f"run folder: {out}  ({time.perf_counter() - start:.1f} s)")
+    if last:
+        print(f"epoch {last['epoch']}: train ELBO {last['train_elbo']:.4f}, test ELBO "
+              f"{last['test_elbo']:.4f} ± {last['test_elbo_se']:.4f} nats/point "
+              f"(recon {last['test_recon']:.4f}, KL {last['test_kl']:.4f})")
+    print(f"next: pyro-vae evaluate {out} --iw-samples 1000")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pyro_vae.evaluation import Estimate, evaluate_elbo, iwae_log_likelihood
+    from pyro_vae.runs import load_run
+
+    if args.iw_samples < 1:
+        raise ConfigError(f"--iw-samples must be ≥ 1, got {args.iw_samples}")
+    run = load_run(args.run, device=args.device)
+    x, y = run.data.x_test, run.data.y_test
+    if args.max_points is not None:
+        x, y = x[: args.max_points], None if y is None else y[: args.max_points]
+    y = y if run.vae.conditional else None
+    start = time.perf_counter()
+    elbo = evaluate_elbo(run.vae, x, y, num_samples=args.elbo_samples)
+    t_elbo = time.perf_counter() - start
+    start = time.perf_counter()
+    ll = Estimate.of(iwae_log_likelihood(run.vae, x, y, num_samples=args.iw_samples,
+                                         batch_size=args.batch_size))
+    t_ll = time.perf_counter() - start
+    result = {
+        "run": str(args.run),
+        "num_points": int(x.shape[0]),
+        "test_elbo": elbo["elbo"].mean, "test_elbo_se": elbo["elbo"].stderr,
+        "test_recon": elbo["recon"].mean, "test_kl": elbo["kl"].mean,
+        "test_log_likelihood": ll.mean, "test_log_likelihood_se": ll.stderr,
+        "iw_samples": args.iw_samples,
+        "seconds": t_elbo + t_ll,
+        "iw_samples_per_second": args.iw_samples * x.shape[0] / max(t_ll, 1e-9),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"test points:            {result['num_points']}")
+        print(f"test ELBO:              {result['test_elbo']:.4f} ± "
+              f"{result['test_elbo_se']:.4f} nats/point (recon {result['test_recon']:.4f}, "
+              f"KL {result['test_kl']:.4f})")
+        print(f"test log-likelihood:    {ll.mean:.4f} ± {ll.stderr:.4f} nats/point "
+              f"(IWAE, K = {args.iw_samples})")
+        print(f"time:                   {result['seconds']:.1f} s "
+              f"({result['iw_samples_per_second']:.0f} importance samples/s)")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from pyro_vae.plots import _image_grid, prior_samples
+    from pyro_vae.runs import load_run
+
+    if args.num < 1:
+        raise ConfigError(f"--num must be ≥ 1, got {args.num}")
+    run = load_run(args.run, device=args.device, load_data=False)
+    torch.manual_seed(args.seed)
+    y = None
+    if run.vae.conditional:
+        label = args.label if args.label is not None else 0
+        if not 0 <= label < run.vae.num_classes:
+            raise ConfigError(f"--label must be in [0, {run.vae.num_classes}), got {label}")
+        y = torch.full((args.num,), label, dtype=torch.long, device=run.device)
+    samples = prior_samples(run.vae, args.num, y).cpu()
+    out = Path(args.out or Path(args.run) / "figures" / "samples_cli.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npy":
+        np.save(out, samples.numpy())
+    elif len(run.vae.event_shape) == 3:
+        import matplotlib.pyplot as plt
+
+        img = _image_grid(samples, int(np.ceil(np.sqrt(args.num))))
+        plt.imsave(out, img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray")
+    else:
+        np.savetxt(out.with_suffix(".csv"), samples.reshape(args.num, -1).numpy(), delimiter=",")
+        out = out.with_suffix(".csv")
+    print(f"wrote {args.num} samples to {out}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from pyro_vae.plots import make_figures
+    from pyro_vae.runs import load_run
+
+    run = load_run(args.run, device=args.device)
+    out = Path(args.out or Path(args.run) / "figures")
+    for path in make_figures(run.vae, run.data, run.history, out):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyro-vae",
+        description="Variational autoencoders the Pyro way: train, evaluate, sample, plot.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a VAE and write a run folder",
+                       description="Train a VAE with Pyro SVI and write a run folder "
+                       "(config, metrics per epoch, checkpoint, figures).")
+    _add_train_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="test ELBO and IWAE log-likelihood of a run",
+                       description="Print the test ELBO and the importance-weighted estimate of "
+                       "log p(x) (nats per data point, higher is better).")
+    p.add_argument("run", help="run folder (or its checkpoint.pt)")
+    p.add_argument("--iw-samples", type=_int, default=1000,
+                   help="K importance samples per point (5000 is the literature's protocol; "
+                   "default 1000)")
+    p.add_argument("--elbo-samples", type=_int, default=10,
+                   help="samples of z for the test ELBO's reconstruction term (default 10)")
+    p.add_argument("--batch-size", type=_int, default=100, help="data points per chunk")
+    p.add_argument("--max-points", type=_int, help="evaluate the first N test points only")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("sample", help="draw samples from a trained model",
+                       description="Decode z ~ N(0, I) with Predictive and write an image grid "
+                       "(images), a .csv (vectors) or a .npy array.")
+    p.add_argument("run", help="run folder (or its checkpoint.pt)")
+    p.add_argument("--num", type=_int, default=64, help="number of samples (default 64)")
+    p.add_argument("--label", type=_int, help="class to generate (conditional models)")
+    p.add_argument("--seed", type=_int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", help="output file: .png or .npy (default RUN/figures/samples_cli.png)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("plot", help="(re)draw a run's figures",
+                       description="Draw every figure of a run folder from its checkpoint.")
+    p.add_argument("run", help="run folder (or its checkpoint.pt)")
+    p.add_argument("--out", help="figure folder (default RUN/figures)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.set_defaults(func=cmd_plot)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except PyroVAEError as exc:
+        print(f"pyro-vae: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        print(f"pyro-vae: {exc or 'interrupted'}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

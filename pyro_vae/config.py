@@ -1,0 +1,201 @@
+"""The full configuration of a run, its per-data-set defaults, and its validation.
+
+A :class:`Config` is plain data (JSON-serializable): it is written to ``config.json`` in the run
+folder and stored in every checkpoint, so a run can be resumed or a model rebuilt from it alone.
+Options left ``None`` take the data set's default from :data:`DATASET_DEFAULTS` when the config is
+:meth:`~Config.resolved`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from pyro_vae.data import DATASETS
+from pyro_vae.errors import ConfigError
+from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.networks import ACTIVATIONS
+
+ELBOS = ("trace", "meanfield")
+OPTIMIZERS = ("adam", "clipped-adam")
+LR_SCHEDULES = ("constant", "exponential", "cosine")
+KL_SCHEDULES = ("constant", "linear", "cyclical")
+ARCHS = ("mlp", "conv")
+BINARIZE = ("none", "dynamic", "threshold")
+
+#: Per-data-set defaults for options left unset. ``digits`` (the default data) trains in about a
+#: minute on 2 CPU cores; ``circle`` follows the source material's architecture and σ = 0.1.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "digits": dict(arch="mlp", hidden=(256, 128), latent_dim=2, likelihood="bernoulli",
+                   binarize="dynamic", epochs=200, batch_size=128, lr=3e-3),
+    "moons": dict(arch="mlp", hidden=(128, 128, 128), latent_dim=2,
+                  likelihood="gaussian-learned", epochs=200, batch_size=128, lr=1e-3),
+    "circle": dict(arch="mlp", hidden=(20, 20), latent_dim=1, likelihood="gaussian",
+                   obs_scale=0.1, epochs=500, batch_size=1000, lr=3e-3),
+    "fashion-mnist": dict(arch="mlp", hidden=(400,), latent_dim=20, likelihood="bernoulli",
+                          binarize="dynamic", epochs=20, batch_size=128, lr=1e-3),
+    "mnist": dict(arch="mlp", hidden=(400,), latent_dim=20, likelihood="bernoulli",
+                  binarize="dynamic", epochs=20, batch_size=128, lr=1e-3),
+    "celeba": dict(arch="conv", hidden=(), latent_dim=128, likelihood="gaussian-learned",
+                   epochs=10, batch_size=128, lr=1e-3),
+    "file": dict(arch="mlp", hidden=(256, 128), latent_dim=2, likelihood="gaussian-learned",
+                 epochs=100, batch_size=128, lr=1e-3),
+}
+
+
+@dataclass
+class Config:
+    """Everything that defines a run. See ``pyro-vae train --help`` for each option's meaning."""
+
+    # data
+    dataset: str = "digits"
+    data: str | None = None
+    data_root: str | None = None
+    download: bool = False
+    split_seed: int = 0
+    test_fraction: float = 0.2
+    image_size: int = 64
+    label_column: str | None = None
+    max_train: int | None = None
+    max_test: int | None = None
+    binarize: str | None = None
+    # model
+    arch: str | None = None
+    hidden: tuple[int, ...] | None = None
+    activation: str = "relu"
+    latent_dim: int | None = None
+    likelihood: str | None = None
+    obs_scale: float | None = None
+    allow_greyscale: bool = False
+    conditional: bool = False
+    # inference
+    elbo: str = "trace"
+    jit: bool = False
+    num_particles: int = 1
+    optimizer: str = "adam"
+    lr: float | None = None
+    clip_norm: float = 10.0
+    lr_schedule: str = "constant"
+    lr_decay: float = 0.99
+    beta: float = 1.0
+    kl_schedule: str = "constant"
+    warmup_epochs: int = 10
+    cycles: int = 4
+    cycle_ramp: float = 0.5
+    # loop
+    epochs: int | None = None
+    batch_size: int | None = None
+    seed: int = 0
+    device: str = "cpu"
+    eval_samples: int = 1
+    checkpoint_every: int = 1
+    skip_nonfinite: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # -------------------------------------------------------------------- (de)serialization
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if d["hidden"] is not None:
+            d["hidden"] = list(d["hidden"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown configuration keys {unknown}; remove them")
+        d = dict(d)
+        if d.get("hidden") is not None:
+            d["hidden"] = tuple(int(h) for h in d["hidden"])
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    # -------------------------------------------------------------------- defaults, checks
+    def resolved(self) -> Config:
+        """Fill unset options from the data set's defaults and validate every value."""
+        _choice("dataset", self.dataset, DATASETS)
+        changes = {k: v for k, v in DATASET_DEFAULTS[self.dataset].items()
+                   if getattr(self, k) is None}
+        cfg = dataclasses.replace(self, **changes)
+        if cfg.binarize is None:
+            cfg.binarize = "none"
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first bad option and its allowed values."""
+        _choice("dataset", self.dataset, DATASETS)
+        _choice("likelihood", self.likelihood, LIKELIHOODS)
+        _choice("elbo", self.elbo, ELBOS)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("lr-schedule", self.lr_schedule, LR_SCHEDULES)
+        _choice("kl-schedule", self.kl_schedule, KL_SCHEDULES)
+        _choice("arch", self.arch, ARCHS)
+        _choice("binarize", self.binarize, BINARIZE)
+        _choice("activation", self.activation, tuple(ACTIVATIONS))
+        _positive_int("epochs", self.epochs, allow_zero=True)
+        _positive_int("batch-size", self.batch_size)
+        _positive_int("latent-dim", self.latent_dim)
+        _positive_int("num-particles", self.num_particles)
+        _positive_int("eval-samples", self.eval_samples)
+        _positive_int("checkpoint-every", self.checkpoint_every)
+        _positive_int("cycles", self.cycles)
+        _positive_int("image-size", self.image_size)
+        _positive_int("warmup-epochs", self.warmup_epochs, allow_zero=True)
+        for h in self.hidden or ():
+            if not isinstance(h, int) or h < 1:
+                raise ConfigError(f"--hidden sizes must be positive integers, got {h!r}; "
+                                  "e.g. --hidden 400,200")
+        _positive_float("lr", self.lr)
+        _positive_float("beta", self.beta, hint="a zero KL weight turns the VAE into an "
+                        "autoencoder; use e.g. 1e-3 for a tiny weight")
+        _positive_float("clip-norm", self.clip_norm)
+        if self.obs_scale is not None:
+            _positive_float("obs-scale", self.obs_scale)
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
+        if not 0 < self.cycle_ramp <= 1:
+            raise ConfigError(f"--cycle-ramp must be in (0, 1], got {self.cycle_ramp}")
+        if self.binarize != "none" and self.likelihood != "bernoulli":
+            raise ConfigError(f"--binarize {self.binarize} only applies to --likelihood "
+                              f"bernoulli, not {self.likelihood}; drop --binarize")
+        if self.jit and self.elbo not in ELBOS:
+            raise ConfigError("--jit needs --elbo trace or meanfield")
+
+
+def _choice(option: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"unknown --{option} {value!r}; choose one of: {', '.join(allowed)}")
+
+
+def _positive_int(option: str, value: Any, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"--{option} must be an integer ≥ {low}, got {value!r}")
+
+
+def _positive_float(option: str, value: Any, hint: str = "") -> None:
+    ok = isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+    if not ok:
+        raise ConfigError(f"--{option} must be a positive finite number, got {value!r}"
+                          + (f"; {hint}" if hint else ""))
+
+
+def parse_hidden(text: str) -> tuple[int, ...]:
+    """``"400,200"`` → ``(400, 200)``; ``""`` or ``"none"`` → ``()`` (no hidden layer)."""
+    text = text.strip()
+    if text.lower() in ("", "none"):
+        return ()
+    try:
+        sizes = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--hidden takes comma-separated layer sizes like 400,200, got "
+                          f"{text!r}") from None
+    if any(s < 1 for s in sizes):
+        raise ConfigError(f"--hidden sizes must be positive, got {text!r}")
+    return sizes

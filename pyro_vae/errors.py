@@ -1,0 +1,28 @@
+"""Errors that reach the user as one line: what was wrong and how to fix it.
+
+Every error raised on purpose by pyro-vae derives from :class:`PyroVAEError`. The command line
+prints ``pyro-vae: error: <message>`` and exits with status 2 for any of them, so a message must
+name the problem *and* the fix in one sentence.
+"""
+
+from __future__ import annotations
+
+
+class PyroVAEError(Exception):
+    """Base class of the library's user-facing errors."""
+
+
+class ConfigError(PyroVAEError, ValueError):
+    """An option has an unknown or out-of-range value."""
+
+
+class DataError(PyroVAEError, ValueError):
+    """The data cannot be used: NaN/inf, wrong shape, empty, or outside a likelihood's support."""
+
+
+class CheckpointError(PyroVAEError):
+    """A checkpoint is missing, corrupt, from another version, or from another configuration."""
+
+
+class TrainingDivergedError(PyroVAEError):
+    """The loss or a gradient became NaN or infinite during training."""

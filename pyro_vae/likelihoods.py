@@ -1,0 +1,201 @@
+"""Observation models p_θ(x | z): each a normalized density over one data dimension.
+
+The decoder network maps z to ``num_params`` tensors shaped like one data point; a
+:class:`Likelihood` turns them into a Pyro distribution whose batch shape ends with the data's
+shape. :class:`~pyro_vae.vae.VAE` then calls ``.to_event(len(event_shape))`` so that
+``log p(x | z) = Σ_d log p(x_d | z)`` is one term per data point.
+
+=========================  =====================================================  =============
+name                       density per dimension                                  support
+=========================  =====================================================  =============
+``bernoulli``              Bernoulli(x_d; sigmoid(ℓ_d)), logits ℓ from the        {0, 1}
+                           decoder (no sigmoid-then-logit round trip)
+``continuous-bernoulli``   C(λ) λ^x (1-λ)^(1-x), λ = sigmoid(ℓ) (Loaiza-Ganem     [0, 1]
+                           & Cunningham 2019): the normalized version of BCE
+                           on grey values
+``gaussian``               N(x_d; μ_d, σ²), σ fixed (``obs_scale``)              ℝ
+``gaussian-learned``       N(x_d; μ_d, σ²), one σ learned as ``pyro.param``       ℝ
+                           ``"obs_scale"`` (positive constraint)
+``gaussian-predicted``     N(x_d; μ_d, σ_d²), σ_d = softplus(s_d) + 1e-3          ℝ
+                           predicted by the decoder per dimension
+``laplace``                Laplace(x_d; μ_d, b) = exp(-|x_d-μ_d|/b) / (2b),      ℝ
+                           b fixed: the L1 reconstruction loss as a density
+``laplace-learned``        Laplace with one learned b (``pyro.param``)            ℝ
+=========================  =====================================================  =============
+
+An L1 loss weighted against β·KL, ``|x - μ|₁ + β KL``, has the same minimizer as the ELBO with the
+``laplace`` likelihood at b = β and KL weight 1, since ``-log Laplace(x; μ, b) = |x-μ|/b + log 2b``.
+
+Bernoulli needs binary data. Greyscale data in [0, 1] is refused unless the data pipeline
+binarizes it (``binarize="dynamic"``: x ~ Bernoulli(pixel) afresh for every mini-batch, the
+protocol of Burda et al. 2016, or ``"threshold"``) or the user opts in with
+``allow_greyscale=True``, in which case log p is the cross-entropy, not a normalized density.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch.distributions import constraints
+
+from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.sites import OBS_SCALE_PARAM
+
+#: Lower bound added to decoder-predicted scales, so that log p(x|z) stays finite.
+MIN_PREDICTED_SCALE = 1e-3
+
+
+@dataclass(frozen=True)
+class Likelihood:
+    """Base class: ``num_params`` decoder outputs per data dimension → a distribution.
+
+    :param name: the registered name (see the module table).
+    :param num_params: how many tensors shaped like one data point the decoder must output.
+    :param support: ``"binary"``, ``"unit"`` ([0, 1]) or ``"real"``.
+    """
+
+    name: str
+    num_params: int
+    support: str
+
+    def distribution(self, *params: torch.Tensor) -> dist.TorchDistribution:
+        """The per-dimension distribution p(x_d | z) given the decoder's outputs."""
+        raise NotImplementedError
+
+    def mean(self, *params: torch.Tensor) -> torch.Tensor:
+        """E[x | z]: what figures show as a reconstruction or a decoded sample."""
+        return self.distribution(*params).mean
+
+    def check_support(self, x: torch.Tensor, what: str = "data") -> None:
+        """Raise :class:`DataError` unless every value of ``x`` lies in the support."""
+        if self.support == "real":
+            return
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0.0 or hi > 1.0:
+            raise DataError(
+                f"the {self.name} likelihood needs {what} in [0, 1] but values range over "
+                f"[{lo:.4g}, {hi:.4g}]; rescale the data to [0, 1] (e.g. divide pixels by 255) "
+                "or choose --likelihood gaussian or laplace"
+            )
+        if self.support == "binary" and not bool(((x == 0) | (x == 1)).all()):
+            raise DataError(
+                f"the bernoulli likelihood needs binary {what} but it has grey values in (0, 1); "
+                "pass --binarize dynamic (a fresh Bernoulli draw per mini-batch) or --binarize "
+                "threshold, use --likelihood continuous-bernoulli, or opt in to cross-entropy on "
+                "grey values with --allow-greyscale"
+            )
+
+
+@dataclass(frozen=True)
+class BernoulliLikelihood(Likelihood):
+    """Bernoulli with logits from the decoder. ``allow_greyscale`` turns off the support check."""
+
+    allow_greyscale: bool = False
+
+    def distribution(self, logits: torch.Tensor) -> dist.TorchDistribution:  # type: ignore[override]
+        if self.allow_greyscale:
+            return dist.Bernoulli(logits=logits, validate_args=False)
+        return dist.Bernoulli(logits=logits)
+
+    def mean(self, logits: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return torch.sigmoid(logits)
+
+    def check_support(self, x: torch.Tensor, what: str = "data") -> None:
+        if self.allow_greyscale:
+            Likelihood(self.name, 1, "unit").check_support(x, what)
+        else:
+            super().check_support(x, what)
+
+
+@dataclass(frozen=True)
+class ContinuousBernoulliLikelihood(Likelihood):
+    """Continuous Bernoulli with logits from the decoder."""
+
+    def distribution(self, logits: torch.Tensor) -> dist.TorchDistribution:  # type: ignore[override]
+        return dist.ContinuousBernoulli(logits=logits)
+
+
+@dataclass(frozen=True)
+class LocationScaleLikelihood(Likelihood):
+    """Gaussian or Laplace with a fixed, a learned (``pyro.param``) or a predicted scale.
+
+    :param family: ``"gaussian"`` or ``"laplace"``.
+    :param scale_mode: ``"fixed"``, ``"learned"`` or ``"predicted"``.
+    :param obs_scale: the fixed scale, or the initial value of the learned one.
+    """
+
+    family: str = "gaussian"
+    scale_mode: str = "fixed"
+    obs_scale: float = 1.0
+
+    def _scale(self, loc: torch.Tensor, raw: torch.Tensor | None) -> torch.Tensor | float:
+        if self.scale_mode == "predicted":
+            assert raw is not None
+            return F.softplus(raw) + MIN_PREDICTED_SCALE
+        if self.scale_mode == "learned":
+            init = self.obs_scale
+            return pyro.param(
+                OBS_SCALE_PARAM,
+                lambda: torch.tensor(init, device=loc.device, dtype=loc.dtype),
+                constraint=constraints.positive,
+            )
+        return self.obs_scale
+
+    def distribution(  # type: ignore[override]
+        self, loc: torch.Tensor, raw_scale: torch.Tensor | None = None
+    ) -> dist.TorchDistribution:
+        scale = self._scale(loc, raw_scale)
+        if self.family == "laplace":
+            return dist.Laplace(loc, scale)
+        return dist.Normal(loc, scale)
+
+    def mean(self, loc: torch.Tensor, raw_scale: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        return loc
+
+
+LIKELIHOODS = (
+    "bernoulli",
+    "continuous-bernoulli",
+    "gaussian",
+    "gaussian-learned",
+    "gaussian-predicted",
+    "laplace",
+    "laplace-learned",
+)
+
+
+def make_likelihood(
+    name: str, obs_scale: float | None = None, allow_greyscale: bool = False
+) -> Likelihood:
+    """Build a likelihood by its registered name.
+
+    :param obs_scale: σ (Gaussian) or b (Laplace): the fixed value, or the learned one's start
+        (default 1.0 for fixed scales, 0.1 as the start of a learned one). Ignored otherwise.
+    """
+    if obs_scale is not None and not (obs_scale > 0 and obs_scale < float("inf")):
+        raise ConfigError(
+            f"--obs-scale must be a positive finite number, got {obs_scale}; "
+            "it is the fixed σ of a Gaussian (or b of a Laplace) likelihood, e.g. 0.1"
+        )
+    if name == "bernoulli":
+        return BernoulliLikelihood(name, 1, "binary", allow_greyscale=allow_greyscale)
+    if name == "continuous-bernoulli":
+        return ContinuousBernoulliLikelihood(name, 1, "unit")
+    if name in ("gaussian", "laplace"):
+        return LocationScaleLikelihood(
+            name, 1, "real", family=name, scale_mode="fixed", obs_scale=obs_scale or 1.0
+        )
+    if name in ("gaussian-learned", "laplace-learned"):
+        family = name.split("-")[0]
+        return LocationScaleLikelihood(
+            name, 1, "real", family=family, scale_mode="learned", obs_scale=obs_scale or 0.1
+        )
+    if name == "gaussian-predicted":
+        return LocationScaleLikelihood(name, 2, "real", family="gaussian", scale_mode="predicted")
+    raise ConfigError(
+        f"unknown likelihood {name!r}; choose one of: {', '.join(LIKELIHOODS)}"
+    )

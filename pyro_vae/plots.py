@@ -1,0 +1,238 @@
+"""Figures of a trained VAE, written as PNG (and one GIF) into a run's ``figures/`` folder.
+
+* ``elbo.png``: train and test ELBO, reconstruction term and KL per epoch.
+* images: ``reconstructions.png`` (test originals above their reconstructions E[x|z=μ(x)]),
+  ``samples.png`` (E[x|z] for z ~ p(z), drawn with ``pyro.infer.Predictive``), ``latent.png``
+  (posterior means μ(x) of test points coloured by label; PCA to 2-D when L > 2),
+  ``manifold.png`` (L = 2: decoded means over a grid of prior quantiles), ``interpolation.png``
+  and ``interpolation.gif`` (decoded means along the line between two test points' codes).
+* 2-D data: ``overview.png``: data, reconstructions, samples x ~ p_θ(x), and latent means.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from pyro.infer import Predictive
+from torchvision.utils import make_grid
+
+from pyro_vae.data import DataSet
+from pyro_vae.evaluation import evaluating
+from pyro_vae.sites import LATENT_SITE, OBS_SITE
+from pyro_vae.vae import VAE
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_elbo_curves(history: list[dict[str, Any]], path: Path) -> Path:
+    """Three panels against epoch: ELBO, E_q[log p(x|z)] and KL(q‖p), train and test."""
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, key, title in zip(axes, ("elbo", "recon", "kl"),
+                              ("ELBO (nats / point)", "E_q[log p(x|z)]", "KL(q(z|x) ‖ p(z))"),
+                              strict=True):
+        for split, style in (("train", "-"), ("test", "--")):
+            ax.plot(epochs, [h[f"{split}_{key}"] for h in history], style, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _labels(vae: VAE, y: torch.Tensor | None) -> torch.Tensor | None:
+    return y if vae.conditional else None
+
+
+def _image_grid(images: torch.Tensor, nrow: int) -> np.ndarray:
+    grid = make_grid(images.detach().cpu().clamp(0, 1), nrow=nrow, padding=1, pad_value=1.0)
+    return grid.permute(1, 2, 0).numpy()
+
+
+def _show(ax: plt.Axes, img: np.ndarray, title: str) -> None:
+    ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+    ax.set_title(title)
+    ax.axis("off")
+
+
+def prior_samples(vae: VAE, num: int, y: torch.Tensor | None = None) -> torch.Tensor:
+    """Decoded means E[x|z] for z ~ p(z), via ``Predictive`` on the model (no data)."""
+    device = next(vae.decoder.parameters()).device
+    if vae.conditional and y is None:
+        y = torch.arange(num, device=device) % vae.num_classes
+    with evaluating(vae):
+        if vae.conditional:
+            z = Predictive(vae.model, num_samples=1, return_sites=[LATENT_SITE])(None, y)[
+                LATENT_SITE][0]
+        else:
+            z = Predictive(vae.model, num_samples=num, return_sites=[LATENT_SITE],
+                           parallel=True)()[LATENT_SITE][:, 0]
+        return vae.decode_mean(z, y)
+
+
+def _image_figures(vae: VAE, data: DataSet, out: Path) -> list[Path]:
+    paths = []
+    x, y = data.x_test[:32], None if data.y_test is None else data.y_test[:32]
+    with evaluating(vae):
+        loc, _ = vae.encode(x, _labels(vae, y))
+        recon = vae.decode_mean(loc, _labels(vae, y))
+    fig, axes = plt.subplots(2, 1, figsize=(10, 3.2))
+    _show(axes[0], _image_grid(x, 16), "test images")
+    _show(axes[1], _image_grid(recon, 16), "reconstructions E[x | z = μ(x)]")
+    paths.append(_save(fig, out / "reconstructions.png"))
+
+    samples = prior_samples(vae, 64)
+    fig, ax = plt.subplots(figsize=(6, 6))
+    _show(ax, _image_grid(samples, 8), "samples E[x|z], z ~ N(0, I)")
+    paths.append(_save(fig, out / "samples.png"))
+
+    paths.append(plot_latent(vae, data, out / "latent.png"))
+    if vae.latent_dim == 2 and not vae.conditional:
+        paths.append(plot_manifold(vae, out / "manifold.png"))
+    paths.extend(plot_interpolation(vae, data, out))
+    return paths
+
+
+def latent_means(vae: VAE, data: DataSet, max_points: int = 5000) -> torch.Tensor:
+    """Posterior means μ(x) of up to ``max_points`` test points."""
+    x = data.x_test[:max_points]
+    y = None if data.y_test is None else data.y_test[:max_points]
+    with evaluating(vae):
+        return torch.cat([vae.encode(xb, _labels(vae, yb))[0]
+                          for xb, yb in zip(x.split(1000),
+                                            y.split(1000) if y is not None else [None] * 99999,
+                                            strict=False)])
+
+
+def plot_latent(vae: VAE, data: DataSet, path: Path) -> Path:
+    """Test points' posterior means, coloured by label; PCA to two axes when L > 2."""
+    mu = latent_means(vae, data).cpu().numpy()
+    labels = None if data.y_test is None else data.y_test[: len(mu)].cpu().numpy()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    if mu.shape[1] == 1:
+        ax.hist(mu[:, 0], bins=60, color="tab:blue")
+        ax.set_xlabel("μ(x)")
+        ax.set_title("posterior means (1-D latent)")
+        return _save(fig, path)
+    title = "posterior means μ(x) of test points"
+    if mu.shape[1] > 2:
+        from sklearn.decomposition import PCA
+
+        pca = PCA(n_components=2).fit(mu)
+        mu = pca.transform(mu)
+        title += f" (PCA, {pca.explained_variance_ratio_.sum():.0%} of variance)"
+    sc = ax.scatter(mu[:, 0], mu[:, 1], c=labels, cmap="tab10", s=4, alpha=0.8)
+    if labels is not None:
+        names = data.class_names or tuple(str(i) for i in range(int(labels.max()) + 1))
+        handles = [plt.Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(i)), label=n)
+                   for i, n in enumerate(names)]
+        ax.legend(handles=handles, fontsize=7, loc="best", markerscale=0.8)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("z₁")
+    ax.set_ylabel("z₂")
+    return _save(fig, path)
+
+
+def plot_manifold(vae: VAE, path: Path, n: int = 15) -> Path:
+    """Decoded means over an n×n grid of z at the prior's quantiles 0.05 … 0.95 (L = 2)."""
+    q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
+    z1, z2 = torch.meshgrid(q, q.flip(0), indexing="xy")
+    z = torch.stack([z1.reshape(-1), z2.reshape(-1)], -1)
+    device = next(vae.decoder.parameters()).device
+    with evaluating(vae):
+        images = vae.decode_mean(z.to(device))
+    fig, ax = plt.subplots(figsize=(7, 7))
+    _show(ax, _image_grid(images, n), "2-D latent manifold: E[x|z] over prior quantiles")
+    return _save(fig, path)
+
+
+def plot_interpolation(vae: VAE, data: DataSet, out: Path, steps: int = 10) -> list[Path]:
+    """Decoded means along z(t) = (1-t) μ(x_a) + t μ(x_b): a strip and an animated GIF."""
+    from PIL import Image
+
+    xa, xb = data.x_test[:1], data.x_test[1:2]
+    ya = yb = None
+    if data.y_test is not None and len(data.y_test) > 1:  # two points of different classes
+        diff = (data.y_test != data.y_test[0]).nonzero()
+        if len(diff):
+            xb = data.x_test[int(diff[0]) : int(diff[0]) + 1]
+            ya, yb = data.y_test[:1], data.y_test[int(diff[0]) : int(diff[0]) + 1]
+    with evaluating(vae):
+        za = vae.encode(xa, _labels(vae, ya))[0]
+        zb = vae.encode(xb, _labels(vae, yb))[0]
+        t = torch.linspace(0, 1, steps, device=za.device)[:, None]
+        z = (1 - t) * za + t * zb
+        y = None if not vae.conditional else ya.expand(steps)
+        frames = vae.decode_mean(z, y)
+    fig, ax = plt.subplots(figsize=(12, 1.8))
+    _show(ax, _image_grid(frames, steps), "interpolation between two test images")
+    strip = _save(fig, out / "interpolation.png")
+    imgs = [(f.detach().cpu().clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy() * 255)
+            .astype(np.uint8) for f in frames]
+    pil = [Image.fromarray(a).resize((a.shape[1] * 4, a.shape[0] * 4), Image.NEAREST)
+           for a in imgs + imgs[::-1]]
+    gif = out / "interpolation.gif"
+    pil[0].save(gif, save_all=True, append_images=pil[1:], duration=120, loop=0)
+    return [strip, gif]
+
+
+def plot_points(vae: VAE, data: DataSet, path: Path, num_samples: int = 2000) -> Path:
+    """2-D data: data, reconstructions, model samples x ~ p_θ(x), latent means."""
+    x = data.x_test.cpu()
+    y = None if data.y_test is None else data.y_test.cpu()
+    with evaluating(vae):
+        loc, _ = vae.encode(data.x_test, _labels(vae, data.y_test))
+        recon = vae.decode_mean(loc, _labels(vae, data.y_test)).cpu()
+        pred = Predictive(vae.model, num_samples=num_samples, parallel=True,
+                          return_sites=[LATENT_SITE, OBS_SITE])()
+    z_s, x_s = pred[LATENT_SITE][:, 0].cpu(), pred[OBS_SITE][:, 0].cpu()
+    loc = loc.cpu()
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.4))
+    axes[0].scatter(x[:, 0], x[:, 1], s=4, c=y, cmap="coolwarm")
+    axes[0].set_title("test data")
+    axes[1].scatter(recon[:, 0], recon[:, 1], s=4, c=y, cmap="coolwarm")
+    axes[1].set_title("reconstructions E[x | z = μ(x)]")
+    axes[2].scatter(x_s[:, 0], x_s[:, 1], s=4, c=z_s[:, 0], cmap="autumn")
+    axes[2].set_title("samples x ~ p(x) (colour: z₁)")
+    if loc.shape[1] >= 2:
+        axes[3].scatter(loc[:, 0], loc[:, 1], s=4, c=y, cmap="coolwarm")
+        axes[3].set_xlabel("z₁")
+        axes[3].set_ylabel("z₂")
+    else:
+        axes[3].hist(loc[:, 0].numpy(), bins=60)
+        axes[3].set_xlabel("μ(x)")
+    axes[3].set_title("latent means μ(x)")
+    for ax in axes[:3]:
+        ax.set_aspect("equal", adjustable="datalim")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def make_figures(
+    vae: VAE, data: DataSet, history: list[dict[str, Any]], out: str | Path
+) -> list[Path]:
+    """Every figure that fits the data kind; returns the paths written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [plot_elbo_curves(history, out / "elbo.png")] if history else []
+    if data.kind == "image":
+        paths += _image_figures(vae, data, out)
+    elif data.event_shape == (2,):
+        paths.append(plot_points(vae, data, out / "overview.png"))
+    else:
+        paths.append(plot_latent(vae, data, out / "latent.png"))
+    return paths

@@ -1,0 +1,257 @@
+"""Run folders: train into one, resume one, and load a trained model back from one.
+
+A run folder holds::
+
+    config.json        the resolved configuration
+    environment.json   package versions, Python, platform, device, seed
+    metrics.csv        one row per epoch (also metrics.json)
+    checkpoint.pt      everything needed to resume or to use the model (see checkpoint.py)
+    figures/*.png      ELBO curves and the data-kind's figures (see plots.py)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+
+from pyro_vae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from pyro_vae.config import Config
+from pyro_vae.data import DataSet, load_dataset
+from pyro_vae.errors import CheckpointError, ConfigError
+from pyro_vae.factory import build_vae
+from pyro_vae.likelihoods import Likelihood, make_likelihood
+from pyro_vae.training import Trainer, restore_model_state
+from pyro_vae.vae import VAE
+
+#: Options that may differ between a run and its resumption.
+RESUMABLE_CHANGES = frozenset({"epochs", "device", "checkpoint_every", "skip_nonfinite"})
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown --device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device "
+                          "cpu (or auto)")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {name!r} is not supported; use cpu, cuda, cuda:N or auto")
+    return device
+
+
+def prepare_data(config: Config) -> DataSet:
+    """Load the configured data, binarize as asked, and check it against the likelihood.
+
+    ``threshold``: x > 0.5 for train and test. ``dynamic``: the trainer draws the training pixels
+    afresh per mini-batch; the test set is binarized once, with a fixed generator
+    (``split_seed``), so test figures of every run and epoch are comparable.
+    """
+    data = load_dataset(
+        config.dataset, data_path=config.data, data_root=config.data_root,
+        download=config.download, split_seed=config.split_seed,
+        test_fraction=config.test_fraction, image_size=config.image_size,
+        label_column=config.label_column, max_train=config.max_train, max_test=config.max_test,
+    )
+    likelihood = make_likelihood(config.likelihood, config.obs_scale, config.allow_greyscale)
+    if config.binarize != "none":  # binarizing needs pixel intensities in [0, 1]
+        unit = Likelihood(likelihood.name, 1, "unit")
+        unit.check_support(data.x_train, "training data")
+        unit.check_support(data.x_test, "test data")
+    if config.binarize == "threshold":
+        data = data.__class__(data.name, (data.x_train > 0.5).float(),
+                              (data.x_test > 0.5).float(), data.y_train, data.y_test,
+                              data.kind, data.class_names)
+    elif config.binarize == "dynamic":
+        gen = torch.Generator().manual_seed(config.split_seed)
+        data = data.__class__(data.name, data.x_train, torch.bernoulli(data.x_test, generator=gen),
+                              data.y_train, data.y_test, data.kind, data.class_names)
+    else:
+        likelihood.check_support(data.x_train, "training data")
+        likelihood.check_support(data.x_test, "test data")
+    if config.batch_size > data.x_train.shape[0]:
+        raise ConfigError(f"--batch-size {config.batch_size} exceeds the {data.x_train.shape[0]} "
+                          "training points; use a batch size ≤ the data size")
+    if config.conditional and data.y_train is None:
+        raise ConfigError(f"--conditional needs labels, and the {config.dataset} data has none")
+    return data
+
+
+def environment(config: Config, device: torch.device) -> dict[str, Any]:
+    def version(pkg: str) -> str | None:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": {p: version(p) for p in ("pyro-vae", "pyro-ppl", "torch", "torchvision",
+                                             "numpy", "scikit-learn", "matplotlib")},
+        "device": str(device),
+        "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "seed": config.seed,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """metrics.json and metrics.csv, each replaced atomically."""
+    _write_json(run_dir / "metrics.json", history)
+    if not history:
+        return
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    tmp = run_dir / ".metrics.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, run_dir / "metrics.csv")
+
+
+def _check_resumable(saved: dict[str, Any], config: Config, path: Path) -> None:
+    differing = sorted(k for k, v in config.to_dict().items()
+                       if k not in RESUMABLE_CHANGES and saved.get(k) != v)
+    if differing:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} → {config.to_dict()[k]!r}" for k in differing)
+        raise CheckpointError(
+            f"{path} was written with another configuration ({detail}); resume with the "
+            "original options (only --epochs and --device may change) or use a new --out"
+        )
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    history: list[dict[str, Any]]
+    trainer: Trainer
+
+
+def train_run(
+    config: Config,
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    figures: bool = True,
+) -> RunResult:
+    """Train ``config`` into ``run_dir``, checkpointing every ``checkpoint_every`` epochs.
+
+    With ``resume``, continue from ``run_dir/checkpoint.pt`` (same configuration except
+    ``epochs``/``device``); the numbers equal those of an uninterrupted run with the same seed.
+    Everything is validated before the folder is created, so a bad option leaves nothing behind.
+    """
+    config = config.resolved()
+    device = resolve_device(config.device)
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    state = None
+    if resume:
+        state = load_checkpoint(ckpt_path, map_location=device)
+        _check_resumable(state["config"], config, ckpt_path)
+    elif ckpt_path.exists():
+        raise ConfigError(f"{run_dir} already holds a trained run; pass --resume to continue it "
+                          "or choose another --out")
+    data = prepare_data(config)
+    pyro.set_rng_seed(config.seed)
+    trainer = Trainer(config, data, device)
+    if state is not None:
+        trainer.load_state_dict(state)
+    (run_dir / "figures").mkdir(parents=True, exist_ok=True)
+    _write_json(run_dir / "config.json", config.to_dict())
+    _write_json(run_dir / "environment.json", environment(config, device))
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.epochs, initial=trainer.epoch, desc="pyro-vae", unit="epoch",
+                   dynamic_ncols=True)
+    interrupted = {"flag": False}
+
+    def on_sigint(signum, frame):  # finish the epoch, checkpoint, then stop
+        interrupted["flag"] = True
+
+    previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+    try:
+        while trainer.epoch < config.epochs and not interrupted["flag"]:
+            metrics = trainer.train_epoch()
+            if trainer.epoch % config.checkpoint_every == 0 or trainer.epoch == config.epochs \
+                    or interrupted["flag"]:
+                save_checkpoint(trainer.state_dict(), ckpt_path)
+            write_metrics(run_dir, trainer.history)
+            if bar is not None:
+                bar.set_postfix(train_obj=f"{-metrics['train_loss']:.3f}",
+                                test_elbo=f"{metrics['test_elbo']:.3f}")
+                bar.update(1)
+            if on_epoch is not None:
+                on_epoch(metrics)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        if bar is not None:
+            bar.close()
+    if not ckpt_path.exists():
+        save_checkpoint(trainer.state_dict(), ckpt_path)
+    if interrupted["flag"]:
+        raise KeyboardInterrupt(f"interrupted after epoch {trainer.epoch}; the checkpoint is "
+                                f"saved: continue with --resume --out {run_dir}")
+    if figures:
+        from pyro_vae.plots import make_figures
+
+        make_figures(trainer.vae, data, trainer.history, run_dir / "figures")
+    return RunResult(run_dir, trainer.history, trainer)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+@dataclass
+class LoadedRun:
+    config: Config
+    vae: VAE
+    data: DataSet
+    history: list[dict[str, Any]]
+    device: torch.device
+
+
+def load_run(run_dir: str | Path, device: str = "cpu", load_data: bool = True) -> LoadedRun:
+    """Rebuild the trained model of a run folder (or checkpoint file) and, optionally, its data."""
+    dev = resolve_device(device)
+    state = load_checkpoint(run_dir, map_location=dev)
+    try:
+        config = Config.from_dict(state["config"]).replace(device=str(dev))
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"the checkpoint's configuration is unreadable ({exc}); it is "
+                              "from another version: re-train") from None
+    meta = state["data"]
+    vae = build_vae(config, meta["event_shape"], meta["num_data"], meta["num_classes"]).to(dev)
+    restore_model_state(vae, state)
+    vae.eval()
+    data = prepare_data(config).to(dev) if load_data else None
+    return LoadedRun(config, vae, data, list(state["history"]), dev)  # type: ignore[arg-type]

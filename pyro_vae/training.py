@@ -1,0 +1,259 @@
+"""Stochastic variational inference for a :class:`~pyro_vae.vae.VAE`, epoch by epoch.
+
+The trainer keeps the data as tensors on the chosen device and cuts each mini-batch by
+indexing a random permutation; the batch's indices go to the ``"data"`` plate so that each
+step's loss estimates ``-ELBO`` of the whole training set (scale N/B). Every step it evaluates
+the KL schedule β(t) and passes it to model and guide.
+
+One step is :class:`GuardedSVI`'s: ``pyro.infer.SVI.step`` (``loss_and_grads`` then the
+``pyro.optim`` update) with a check in between, so a NaN or infinite loss or gradient never
+reaches the parameters: the run stops with :class:`TrainingDivergedError` naming the epoch and
+step, or, with ``skip_nonfinite``, the step is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import SVI
+from pyro.infer.util import zero_grads
+from torch.distributions import constraints
+
+from pyro_vae.annealing import KLSchedule
+from pyro_vae.checkpoint import get_rng_state, set_rng_state
+from pyro_vae.config import Config
+from pyro_vae.data import DataSet
+from pyro_vae.errors import CheckpointError, TrainingDivergedError
+from pyro_vae.evaluation import evaluate_elbo
+from pyro_vae.factory import build_optimizer, build_vae
+from pyro_vae.objectives import make_elbo
+from pyro_vae.sites import OBS_SCALE_PARAM
+from pyro_vae.vae import VAE
+
+#: Training ELBO and its split are evaluated on at most this many training points per epoch.
+TRAIN_EVAL_POINTS = 10000
+
+
+class NonFiniteStepError(Exception):
+    """Raised by :class:`GuardedSVI` when a loss or gradient is NaN or infinite."""
+
+
+class GuardedSVI(SVI):
+    """``SVI`` whose ``step`` refuses to apply a non-finite loss or gradient."""
+
+    def step(self, *args: Any, **kwargs: Any) -> float:
+        with poutine.trace(param_only=True) as param_capture:
+            loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
+        params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
+        grads = [p.grad for p in params if p.grad is not None]
+        finite = math.isfinite(loss) and (
+            not grads or bool(torch.isfinite(torch.stack([g.abs().sum() for g in grads])).all())
+        )
+        if not finite:
+            zero_grads(params)
+            raise NonFiniteStepError(loss)
+        self.optim(params)
+        zero_grads(params)
+        return float(loss)
+
+
+def binarize(x: torch.Tensor) -> torch.Tensor:
+    """One draw x_bin ~ Bernoulli(x) per pixel (dynamic binarization)."""
+    return torch.bernoulli(x)
+
+
+class Trainer:
+    """Trains ``config``'s VAE on ``data`` (already validated and on ``device``).
+
+    :attr:`history` holds one dict per completed epoch with ``train_loss`` (the optimized
+    objective per point, β-weighted), ``train_elbo`` / ``train_recon`` / ``train_kl`` (on up to
+    :data:`TRAIN_EVAL_POINTS` training points, β = 1), ``test_elbo`` / ``test_recon`` /
+    ``test_kl`` with standard errors, ``beta``, ``lr``, ``seconds`` and ``skipped_steps``.
+    """
+
+    def __init__(self, config: Config, data: DataSet, device: torch.device | str = "cpu"):
+        self.config = config
+        self.device = torch.device(device)
+        self.data = data.to(self.device)
+        pyro.clear_param_store()
+        self.vae: VAE = build_vae(config, data.event_shape, num_data=data.x_train.shape[0],
+                                  num_classes=data.num_classes).to(self.device)
+        self.optim = build_optimizer(config)
+        self.elbo = make_elbo(config.elbo, config.num_particles, config.jit)
+        model, guide = self._programs()
+        self.svi = GuardedSVI(model, guide, self.optim, loss=self.elbo)
+        n = data.x_train.shape[0]
+        self.steps_per_epoch = math.ceil(n / config.batch_size)
+        total = self.steps_per_epoch * max(1, config.epochs)
+        self.kl_schedule = KLSchedule(config.kl_schedule, config.beta,
+                                      warmup_steps=config.warmup_epochs * self.steps_per_epoch,
+                                      total_steps=total, cycles=config.cycles,
+                                      ramp=config.cycle_ramp)
+        self.epoch = 0
+        self.global_step = 0
+        self.history: list[dict[str, Any]] = []
+        self._x_eval_train, self._y_eval_train = self._train_eval_subset()
+
+    # ------------------------------------------------------------------ programs for SVI
+    def _programs(self):
+        """Model and guide as SVI sees them. With JIT, every positional argument must be a
+        tensor and the batch size is a keyword, so each batch size compiles once."""
+        vae = self.vae
+        if not self.config.jit:
+            return vae.model, vae.guide
+        if vae.conditional:
+            def model(x, y, indices, beta, batch_size=None):
+                return vae.model(x, y, indices, beta)
+
+            def guide(x, y, indices, beta, batch_size=None):
+                return vae.guide(x, y, indices, beta)
+        else:
+            def model(x, indices, beta, batch_size=None):
+                return vae.model(x, None, indices, beta)
+
+            def guide(x, indices, beta, batch_size=None):
+                return vae.guide(x, None, indices, beta)
+        return model, guide
+
+    def _step_args(self, x, y, idx, beta: float) -> tuple[tuple, dict]:
+        if not self.config.jit:
+            return (x, y, idx, beta), {}
+        b = torch.tensor(beta, device=self.device)
+        args = (x, y, idx, b) if self.vae.conditional else (x, idx, b)
+        return args, {"batch_size": int(x.shape[0])}
+
+    def _train_eval_subset(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = self.data.x_train[:TRAIN_EVAL_POINTS]
+        y = None if self.data.y_train is None else self.data.y_train[:TRAIN_EVAL_POINTS]
+        if self.config.binarize == "dynamic":
+            gen = torch.Generator().manual_seed(self.config.split_seed + 1)
+            x = torch.bernoulli(x.cpu(), generator=gen).to(self.device)
+        return x, y
+
+    # ------------------------------------------------------------------ the loop
+    def train_epoch(self) -> dict[str, Any]:
+        """One pass over the training data in random mini-batches; returns the epoch's metrics."""
+        cfg = self.config
+        x_all, y_all = self.data.x_train, self.data.y_train
+        n = x_all.shape[0]
+        start = time.perf_counter()
+        perm = torch.randperm(n).to(self.device)
+        total, points, skipped = 0.0, 0, 0
+        self.vae.train()
+        for step, idx in enumerate(perm.split(cfg.batch_size)):
+            x = x_all[idx]
+            if cfg.binarize == "dynamic":
+                x = binarize(x)
+            y = None if y_all is None else y_all[idx]
+            beta = self.kl_schedule(self.global_step)
+            args, kwargs = self._step_args(x, y if self.vae.conditional else None, idx, beta)
+            try:
+                loss = self.svi.step(*args, **kwargs)
+            except NonFiniteStepError as bad:
+                if not cfg.skip_nonfinite:
+                    raise TrainingDivergedError(
+                        f"the loss or a gradient became {bad.args[0]} at epoch {self.epoch + 1}, "
+                        f"step {step + 1}; the last good checkpoint (epoch {self.epoch}) is kept: "
+                        "lower --lr, use --optimizer clipped-adam, or pass --skip-nonfinite"
+                    ) from None
+                skipped += 1
+                loss = float("nan")
+            else:
+                # the loss estimates -(objective summed over all N points): per point, loss / N
+                total += loss / n * x.shape[0]
+                points += x.shape[0]
+            self.global_step += 1
+        train_seconds = time.perf_counter() - start
+        if cfg.lr_schedule != "constant":
+            self.optim.step()
+        self.epoch += 1
+        metrics: dict[str, Any] = {
+            "epoch": self.epoch,
+            "train_loss": total / points if points else float("nan"),
+            "beta": self.kl_schedule(self.global_step - 1),
+            "lr": self.current_lr(),
+            "seconds": train_seconds,
+            "skipped_steps": skipped,
+        }
+        metrics.update(self.evaluate())
+        if OBS_SCALE_PARAM in pyro.get_param_store():
+            metrics["obs_scale"] = float(pyro.param(OBS_SCALE_PARAM))
+        self.history.append(metrics)
+        return metrics
+
+    def evaluate(self) -> dict[str, float]:
+        """ELBO, reconstruction and KL per point on the test set and a training subset."""
+        out: dict[str, float] = {}
+        y_test = self.data.y_test if self.vae.conditional else None
+        y_train = self._y_eval_train if self.vae.conditional else None
+        for split, x, y in (("train", self._x_eval_train, y_train),
+                            ("test", self.data.x_test, y_test)):
+            est = evaluate_elbo(self.vae, x, y, num_samples=self.config.eval_samples)
+            for key, e in est.items():
+                out[f"{split}_{key}"] = e.mean
+                out[f"{split}_{key}_se"] = e.stderr
+        return out
+
+    def current_lr(self) -> float:
+        for opt in self.optim.optim_objs.values():
+            inner = getattr(opt, "optimizer", opt)
+            return float(inner.param_groups[0]["lr"])
+        return float(self.config.lr)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        module_prefixes = tuple(f"{name}$$$" for name in self.vae.modules())
+        unconstrained = pyro.get_param_store().get_state()["params"]
+        params = {name: value.detach().clone() for name, value in unconstrained.items()
+                  if not name.startswith(module_prefixes)}
+        return {
+            "config": self.config.to_dict(),
+            "data": {"event_shape": list(self.vae.event_shape),
+                     "num_data": int(self.data.x_train.shape[0]),
+                     "num_classes": self.data.num_classes},
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "modules": {name: m.state_dict() for name, m in self.vae.modules().items()},
+            "params": params,
+            "optimizer": self.optim.get_state(),
+            "rng": get_rng_state(),
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore networks, params, optimizer, RNG and history from a checkpoint."""
+        restore_model_state(self.vae, state)
+        self.optim.set_state(state["optimizer"])
+        set_rng_state(state["rng"])
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self.history = list(state["history"])
+
+
+def restore_model_state(vae: VAE, state: dict[str, Any]) -> None:
+    """Load a checkpoint's networks and ``pyro.param`` values into ``vae`` and the param store.
+
+    The param store is cleared first, so that ``pyro.module`` registers the loaded network
+    tensors themselves on the next call (a stale store entry would otherwise shadow them).
+    """
+    pyro.clear_param_store()
+    for name, module in vae.modules().items():
+        try:
+            module.load_state_dict(state["modules"][name])
+        except (KeyError, RuntimeError) as exc:
+            first = str(exc).splitlines()[0][:160]
+            raise CheckpointError(
+                f"the checkpoint's {name} does not fit this model ({first}); it was written for "
+                "another configuration: use the same options, or train afresh"
+            ) from None
+    if state["params"]:
+        known = {OBS_SCALE_PARAM: constraints.positive}
+        pyro.get_param_store().set_state({
+            "params": dict(state["params"]),
+            "constraints": {name: known.get(name, constraints.real) for name in state["params"]},
+        })

@@ -1,0 +1,121 @@
+"""Evaluation against ground truth: exact pPCA likelihood, IWAE ordering, circle quadrature."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from conftest import make_batch, small_vae
+from torch import nn
+
+from pyro_vae import VAE, circle_log_density, elbo_terms, iwae_log_likelihood, make_likelihood
+from pyro_vae.data import CIRCLE_NOISE, circle_points
+
+
+class LinearGaussianEncoder(nn.Module):
+    """q(z|x) = N(A (x - b), diag s²), a linear encoder with a free diagonal scale."""
+
+    def __init__(self, d: int, q: int):
+        super().__init__()
+        self.A = nn.Parameter(torch.zeros(q, d))
+        self.b = nn.Parameter(torch.zeros(d))
+        self.log_s = nn.Parameter(torch.zeros(q))
+
+    def forward(self, x):
+        return (x - self.b) @ self.A.T, self.log_s.exp().expand(x.shape[0], -1)
+
+
+def ppca_vae(d=5, q=2, sigma=0.5, seed=0):
+    """A linear-Gaussian (pPCA) VAE whose W has orthogonal columns: its exact posterior is
+    diagonal, so the encoder below *is* the exact posterior and the ELBO equals log p(x)."""
+    gen = torch.Generator().manual_seed(seed)
+    W = torch.linalg.qr(torch.randn(d, q, generator=gen))[0] * torch.tensor([2.0, 0.7])
+    b = torch.randn(d, generator=gen)
+    decoder = nn.Linear(q, d)
+    decoder.weight.data, decoder.bias.data = W.clone(), b.clone()
+    M = W.T @ W + sigma**2 * torch.eye(q)  # diagonal because W's columns are orthogonal
+    enc = LinearGaussianEncoder(d, q)
+    enc.A.data = torch.linalg.solve(M, W.T)
+    enc.b.data = b.clone()
+    enc.log_s.data = 0.5 * torch.log(sigma**2 / torch.diagonal(M))
+    vae = VAE(enc, decoder, make_likelihood("gaussian", obs_scale=sigma), q, (d,))
+    marginal = torch.distributions.MultivariateNormal(b, W @ W.T + sigma**2 * torch.eye(d))
+    return vae, marginal
+
+
+def test_elbo_and_iwae_equal_the_exact_ppca_likelihood_at_the_exact_posterior():
+    vae, marginal = ppca_vae()
+    x = marginal.sample((50,))
+    exact = marginal.log_prob(x)
+    with torch.no_grad():
+        # log w = log p(x|z) + log p(z) - log q(z|x) is constant = log p(x) when q is exact
+        torch.testing.assert_close(iwae_log_likelihood(vae, x, num_samples=64), exact,
+                                   atol=1e-4, rtol=1e-5)
+        # the ELBO's recon term is Monte Carlo, its KL exact: equal in expectation
+        elbo = elbo_terms(vae, x, num_samples=4000)["elbo"]
+    assert float((elbo - exact).abs().max()) < 0.1
+    assert float(elbo.mean()) == pytest.approx(float(exact.mean()), abs=0.01)
+
+
+def test_iwae_converges_to_exact_ppca_likelihood_from_a_poor_encoder():
+    vae, marginal = ppca_vae()
+    vae.encoder.log_s.data += 0.7  # too wide a q: ELBO is a strict bound
+    x = marginal.sample((40,))
+    exact = marginal.log_prob(x)
+    with torch.no_grad():
+        elbo = elbo_terms(vae, x, num_samples=200)["elbo"]
+        k1 = iwae_log_likelihood(vae, x, num_samples=1).mean()
+        k10 = iwae_log_likelihood(vae, x, num_samples=10).mean()
+        k5000 = iwae_log_likelihood(vae, x, num_samples=5000)
+    assert elbo.mean() < exact.mean() - 0.3
+    assert float(k1) < float(k10) < float(k5000.mean())
+    torch.testing.assert_close(k5000, exact, atol=0.05, rtol=0)
+
+
+def test_iwae_is_above_the_elbo_and_increases_with_k():
+    vae = small_vae(likelihood="bernoulli", event_shape=(20,), latent_dim=3)
+    vae.encoder.head.log_var.bias.data.fill_(1.5)  # a q much wider than the posterior
+    x = make_batch(64, (20,), binary=True)
+    with torch.no_grad():
+        elbo = elbo_terms(vae, x, num_samples=500)["elbo"].mean()
+        bounds = [iwae_log_likelihood(vae, x, num_samples=k).mean() for k in (1, 10, 100, 2000)]
+    assert abs(float(bounds[0] - elbo)) < 0.5  # L_1 is an unbiased ELBO estimate
+    assert all(a < b for a, b in itertools.pairwise(bounds))
+    assert float(bounds[-1]) > float(elbo)
+
+
+def test_iwae_chunking_does_not_change_the_estimate():
+    vae = small_vae()
+    x = make_batch(30)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        a = iwae_log_likelihood(vae, x, num_samples=300, batch_size=30, max_elements=10**9)
+        torch.manual_seed(1)
+        b = iwae_log_likelihood(vae, x, num_samples=300, batch_size=7, max_elements=500)
+    torch.testing.assert_close(a, b, atol=0.15, rtol=0)  # same estimator, other draws
+    assert a.shape == (30,)
+
+
+def test_circle_density_integrates_to_one_and_matches_monte_carlo():
+    # ∫∫ p(x) dx over a grid covering the circle ± 1
+    g = torch.linspace(-2.2, 2.2, 441, dtype=torch.float64)
+    gx, gy = torch.meshgrid(g, g, indexing="ij")
+    pts = torch.stack([gx.reshape(-1), gy.reshape(-1)], -1)
+    dens = circle_log_density(pts).exp().reshape(441, 441)
+    total = torch.trapezoid(torch.trapezoid(dens, g, dim=1), g)
+    assert float(total) == pytest.approx(1.0, abs=1e-3)
+    # Monte Carlo over z for a few points agrees with the quadrature
+    x, _ = circle_points(5, seed=3)
+    z = torch.randn(400000, dtype=torch.float64)
+    mean = torch.stack([torch.cos(z), torch.sin(z)], -1)
+    lik = torch.distributions.Normal(mean[:, None], CIRCLE_NOISE).log_prob(x.double()).sum(-1)
+    mc = torch.logsumexp(lik, 0) - math.log(len(z))
+    torch.testing.assert_close(mc, circle_log_density(x), atol=0.01, rtol=0)
+
+
+def test_circle_mean_log_density_is_the_known_entropy():
+    x, _ = circle_points(100000, seed=7)
+    value = circle_log_density(x).mean()
+    assert float(value) == pytest.approx(-0.535, abs=0.01)  # -H[p(x)] ≈ -0.53 to -0.54 nats
