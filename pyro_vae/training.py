@@ -48,7 +48,14 @@ class GuardedSVI(SVI):
 
     def step(self, *args: Any, **kwargs: Any) -> float:
         with poutine.trace(param_only=True) as param_capture:
-            loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
+            try:
+                loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
+            except ValueError as exc:
+                # Distribution validation rejects NaN/inf parameters (e.g. logits of a decoder
+                # whose weights diverged, or an overflowing encoder scale): a divergence.
+                if "invalid values" not in str(exc):
+                    raise
+                loss = float("nan")
         params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
         grads = [p.grad for p in params if p.grad is not None]
         finite = math.isfinite(loss) and (

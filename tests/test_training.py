@@ -1,0 +1,167 @@
+"""The SVI trainer: learning, KL schedules, LR schedules, JIT paths, NaN handling, resume."""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pytest
+import torch
+
+from pyro_vae import Config, KLSchedule, TrainingDivergedError, train_run
+from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.runs import prepare_data
+from pyro_vae.training import Trainer
+
+SMALL = dict(dataset="digits", hidden=(32,), latent_dim=2, max_train=256, max_test=64,
+             batch_size=64, lr=3e-3)
+
+
+def small_config(**changes) -> Config:
+    return Config(**{**SMALL, **changes}).resolved()
+
+
+def fit(config: Config, epochs: int) -> Trainer:
+    pyro.set_rng_seed(config.seed)
+    trainer = Trainer(config, prepare_data(config))
+    for _ in range(epochs):
+        trainer.train_epoch()
+    return trainer
+
+
+def test_training_improves_the_test_elbo_and_records_every_metric():
+    trainer = fit(small_config(epochs=15), 15)
+    first, last = trainer.history[0], trainer.history[-1]
+    assert last["test_elbo"] > first["test_elbo"] + 1.0
+    for key in ("train_loss", "train_elbo", "train_recon", "train_kl", "test_elbo",
+                "test_recon", "test_kl", "test_elbo_se", "beta", "lr", "seconds"):
+        assert math.isfinite(last[key]), key
+    assert last["test_elbo"] == pytest.approx(last["test_recon"] - last["test_kl"], abs=1e-4)
+
+
+@pytest.mark.parametrize("elbo", ["trace", "meanfield"])
+def test_jit_training_runs_and_learns(elbo):
+    trainer = fit(small_config(epochs=6, elbo=elbo, jit=True), 6)
+    assert trainer.history[-1]["test_elbo"] > trainer.history[0]["test_elbo"]
+
+
+def test_particles_optimizer_and_lr_schedules():
+    trainer = fit(small_config(epochs=3, num_particles=4, optimizer="clipped-adam",
+                               lr_schedule="exponential", lr_decay=0.5), 3)
+    assert trainer.current_lr() == pytest.approx(3e-3 * 0.5**3)
+    trainer = fit(small_config(epochs=4, lr_schedule="cosine"), 2)
+    assert trainer.current_lr() == pytest.approx(0.5 * 3e-3 * (1 + math.cos(math.pi * 2 / 4)))
+
+
+def test_kl_schedules():
+    assert KLSchedule("constant", 0.5)(123) == 0.5
+    warm = KLSchedule("linear", 2.0, warmup_steps=10)
+    assert [warm(t) for t in (0, 4, 9, 50)] == pytest.approx([0.2, 1.0, 2.0, 2.0])
+    cyc = KLSchedule("cyclical", 1.0, total_steps=40, cycles=4, ramp=0.5)
+    assert [cyc(t) for t in (0, 4, 5, 9, 10, 14)] == pytest.approx([0.2, 1.0, 1.0, 1.0, 0.2, 1.0])
+    assert min(cyc(t) for t in range(40)) > 0
+
+
+def test_annealed_beta_reaches_the_model_and_guide():
+    trainer = fit(small_config(epochs=4, kl_schedule="linear", warmup_epochs=2), 1)
+    assert trainer.history[0]["beta"] == pytest.approx(0.5)  # 4 of 8 warm-up steps done
+    seen = []
+    original = trainer.vae.model
+
+    def spy(x, y=None, indices=None, beta=1.0):
+        seen.append(float(beta))
+        return original(x, y, indices, beta)
+
+    trainer.svi.model = spy
+    trainer.train_epoch()
+    assert seen == pytest.approx([5 / 8, 6 / 8, 7 / 8, 1.0])
+
+
+def test_nan_loss_stops_with_the_epoch_named(monkeypatch):
+    trainer = fit(small_config(epochs=3), 1)
+    calls = {"n": 0}
+    real = trainer.svi.loss_and_grads
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)  # gradients are computed, then reported as NaN
+        return float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(trainer.svi, "loss_and_grads", flaky)
+    before = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    with pytest.raises(TrainingDivergedError, match="epoch 2, step 2"):
+        trainer.train_epoch()
+    # the step before the NaN was applied, the NaN step was not: all params still finite
+    assert all(torch.isfinite(v).all() for v in pyro.get_param_store().values())
+    assert any(not torch.equal(before[k], v) for k, v in pyro.get_param_store().items())
+
+
+def test_skip_nonfinite_counts_skipped_steps(monkeypatch):
+    trainer = fit(small_config(epochs=3, skip_nonfinite=True), 0)
+    calls = {"n": 0}
+    real = trainer.svi.loss_and_grads
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return float("inf") if calls["n"] in (1, 3) else loss
+
+    monkeypatch.setattr(trainer.svi, "loss_and_grads", flaky)
+    metrics = trainer.train_epoch()
+    assert metrics["skipped_steps"] == 2 and math.isfinite(metrics["train_loss"])
+
+
+def test_nan_during_a_run_keeps_the_last_good_checkpoint(tmp_path):
+    config = small_config(epochs=4)
+
+    def poison(metrics):
+        if metrics["epoch"] == 2:  # corrupt the decoder after epoch 2 was checkpointed
+            for name, value in pyro.get_param_store().items():
+                if name.startswith("decoder"):
+                    value.data.fill_(float("nan"))
+
+    with pytest.raises(TrainingDivergedError, match="epoch 3, step 1.*epoch 2"):
+        train_run(config, tmp_path / "run", progress=False, on_epoch=poison, figures=False)
+    state = load_checkpoint(tmp_path / "run")
+    assert state["epoch"] == 2
+    assert all(torch.isfinite(t).all() for t in state["modules"]["decoder"].values())
+
+
+def _comparable(history):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+@pytest.mark.parametrize("changes", [{}, {"elbo": "meanfield", "likelihood": "continuous-bernoulli",
+                                          "binarize": "none", "kl_schedule": "cyclical",
+                                          "lr_schedule": "exponential"}])
+def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path, changes):
+    full = train_run(small_config(epochs=4, **changes), tmp_path / "full", progress=False,
+                     figures=False)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_epoch_2(metrics):
+        if metrics["epoch"] == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_run(small_config(epochs=4, **changes), tmp_path / "part", progress=False,
+                  figures=False, on_epoch=crash_after_epoch_2)
+    assert load_checkpoint(tmp_path / "part")["epoch"] == 2
+    resumed = train_run(small_config(epochs=4, **changes), tmp_path / "part", resume=True,
+                        progress=False, figures=False)
+    assert _comparable(resumed.history) == _comparable(full.history)
+    a = load_checkpoint(tmp_path / "full")["modules"]["decoder"]
+    b = load_checkpoint(tmp_path / "part")["modules"]["decoder"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_learned_obs_scale_is_trained_and_checkpointed(tmp_path):
+    config = Config(dataset="moons", hidden=(32, 32), epochs=3, max_train=500, max_test=100,
+                    likelihood="gaussian-learned").resolved()
+    result = train_run(config, tmp_path / "m", progress=False, figures=False)
+    state = load_checkpoint(tmp_path / "m")
+    sigma = math.exp(float(state["params"]["obs_scale"]))
+    assert sigma == pytest.approx(result.history[-1]["obs_scale"])
+    assert sigma != pytest.approx(0.1)
