@@ -247,12 +247,15 @@ def load_torchvision_mnist(
         train = cls(str(root), train=True, download=download)
         test = cls(str(root), train=False, download=download)
     except RuntimeError as exc:
+        if "not found" not in str(exc):  # torchvision found the files but cannot parse them
+            raise DataError(f"{name} files under {root} cannot be read ({exc}); delete them "
+                            "and fetch them again") from None
         hint = (" (or apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else "")
         raise DataError(
-            f"{name} not found under {root} ({exc}); pass --data-root DIR holding "
+            f"{name} not found under {root}; pass --data-root DIR holding "
             f"{cls.__name__}/raw/*-ubyte files, or --download where there is internet{hint}"
         ) from None
-    except Exception as exc:  # truncated or corrupt IDX files
+    except (OSError, ValueError, IndexError) as exc:  # truncated or corrupt IDX files
         raise DataError(f"{name} files under {root} cannot be read ({exc}); "
                         "delete them and fetch them again") from None
 
@@ -271,7 +274,7 @@ def _stack_images(ds: torch.utils.data.Dataset, limit: int | None) -> tuple[torc
     for i in range(n):
         img, target = ds[i]
         xs.append(img)
-        ys.append(int(target) if not torch.is_tensor(target) or target.numel() == 1 else 0)
+        ys.append(int(target) if isinstance(target, int) else 0)  # CelebA: no class label
     if not xs:
         raise DataError("the image set is empty; give a folder or split with at least one image")
     return torch.stack(xs), torch.tensor(ys, dtype=torch.int64)

@@ -189,7 +189,7 @@ class Trainer:
         }
         metrics.update(self.evaluate())
         if OBS_SCALE_PARAM in pyro.get_param_store():
-            metrics["obs_scale"] = float(pyro.param(OBS_SCALE_PARAM))
+            metrics["obs_scale"] = float(pyro.param(OBS_SCALE_PARAM).detach())
         self.history.append(metrics)
         return metrics
 

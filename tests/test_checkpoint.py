@@ -1,0 +1,81 @@
+"""Checkpoints: atomic writes, and a clear error for every kind of bad file."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from pyro_vae import CheckpointError, Config, load_run, train_run
+from pyro_vae.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+
+CFG = dict(dataset="moons", hidden=(16,), max_train=200, max_test=50, batch_size=50)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt") / "run"
+    train_run(Config(epochs=2, **CFG), out, progress=False, figures=False)
+    return out
+
+
+def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint({"epoch": 1, "x": torch.ones(3)}, path)
+
+    def exploding_save(obj, f, *args, **kwargs):
+        f.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", exploding_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temporary file left behind
+
+
+def test_truncated_checkpoint(run_dir, tmp_path):
+    data = (run_dir / "checkpoint.pt").read_bytes()
+    for cut in (10, len(data) // 2, len(data) - 5):
+        (tmp_path / "checkpoint.pt").write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+            load_checkpoint(tmp_path)
+
+
+def test_checkpoint_from_another_version(run_dir, tmp_path):
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    state["format_version"] = FORMAT_VERSION + 1
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="format"):
+        load_checkpoint(tmp_path)
+
+
+def test_checkpoint_whose_weights_do_not_fit_its_configuration(run_dir, tmp_path):
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    state["config"]["hidden"] = [64]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_run(tmp_path, load_data=False)
+
+
+def test_a_pickle_with_code_is_not_loaded(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo hacked",))
+
+    torch.save({"format": "pyro-vae-checkpoint", "evil": Evil()}, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path)
+
+
+def test_loaded_run_reproduces_the_trained_models_outputs(run_dir):
+    run = load_run(run_dir)
+    x = run.data.x_test[:5]
+    loc, scale = run.vae.encode(x)
+    assert loc.shape == (5, 2) and torch.isfinite(scale).all()
+    # the learned obs_scale came back into the param store
+    import pyro
+
+    assert float(pyro.param("obs_scale")) == pytest.approx(run.history[-1]["obs_scale"])
