@@ -200,14 +200,15 @@ def plot_points(vae: VAE, data: DataSet, path: Path, num_samples: int = 2000) ->
     z_s, x_s = pred[LATENT_SITE][:, 0].cpu(), pred[OBS_SITE][:, 0].cpu()
     loc = loc.cpu()
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.4))
-    axes[0].scatter(x[:, 0], x[:, 1], s=4, c=y, cmap="coolwarm")
+    colour = {"c": y, "cmap": "coolwarm"} if y is not None else {}
+    axes[0].scatter(x[:, 0], x[:, 1], s=4, **colour)
     axes[0].set_title("test data")
-    axes[1].scatter(recon[:, 0], recon[:, 1], s=4, c=y, cmap="coolwarm")
+    axes[1].scatter(recon[:, 0], recon[:, 1], s=4, **colour)
     axes[1].set_title("reconstructions E[x | z = μ(x)]")
     axes[2].scatter(x_s[:, 0], x_s[:, 1], s=4, c=z_s[:, 0], cmap="autumn")
     axes[2].set_title("samples x ~ p(x) (colour: z₁)")
     if loc.shape[1] >= 2:
-        axes[3].scatter(loc[:, 0], loc[:, 1], s=4, c=y, cmap="coolwarm")
+        axes[3].scatter(loc[:, 0], loc[:, 1], s=4, **colour)
         axes[3].set_xlabel("z₁")
         axes[3].set_ylabel("z₂")
     else:

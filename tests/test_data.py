@@ -20,7 +20,7 @@ from pyro_vae.errors import ConfigError
 def test_generated_sets_have_the_documented_shapes_and_fixed_splits():
     d = load_dataset("digits")
     assert d.x_train.shape == (1438, 1, 8, 8) and d.x_test.shape == (359, 1, 8, 8)
-    assert 0 <= float(d.x_train.min()) and float(d.x_train.max()) <= 1
+    assert float(d.x_train.min()) >= 0 and float(d.x_train.max()) <= 1
     assert torch.equal(d.x_test, load_dataset("digits").x_test)  # fixed by split_seed
     assert not torch.equal(d.x_test, load_dataset("digits", split_seed=1).x_test)
     m = load_dataset("moons")

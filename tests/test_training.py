@@ -120,7 +120,7 @@ def test_nan_during_a_run_keeps_the_last_good_checkpoint(tmp_path):
                 if name.startswith("decoder"):
                     value.data.fill_(float("nan"))
 
-    with pytest.raises(TrainingDivergedError, match="epoch 3, step 1.*epoch 2"):
+    with pytest.raises(TrainingDivergedError, match=r"epoch 3, step 1.*epoch 2"):
         train_run(config, tmp_path / "run", progress=False, on_epoch=poison, figures=False)
     state = load_checkpoint(tmp_path / "run")
     assert state["epoch"] == 2
@@ -138,14 +138,14 @@ def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path, changes
     full = train_run(small_config(epochs=4, **changes), tmp_path / "full", progress=False,
                      figures=False)
 
-    class Crash(Exception):
+    class CrashError(Exception):
         pass
 
     def crash_after_epoch_2(metrics):
         if metrics["epoch"] == 2:
-            raise Crash
+            raise CrashError
 
-    with pytest.raises(Crash):
+    with pytest.raises(CrashError):
         train_run(small_config(epochs=4, **changes), tmp_path / "part", progress=False,
                   figures=False, on_epoch=crash_after_epoch_2)
     assert load_checkpoint(tmp_path / "part")["epoch"] == 2
