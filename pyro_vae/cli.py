@@ -251,6 +251,77 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv(kind):
+    def parse(text: str):
+        try:
+            return tuple(kind(t) for t in text.split(",") if t.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") \
+                from None
+    return parse
+
+
+def load_model_for_lab(source: str, device: str):
+    """A trained run folder / checkpoint, or a config JSON (fresh initialization)."""
+    import pyro
+
+    from pyro_vae.factory import build_vae
+    from pyro_vae.runs import load_run, prepare_data, resolve_device
+
+    path = Path(source)
+    if path.suffix == ".json" and path.is_file():
+        try:
+            config = Config.from_dict(json.loads(path.read_text())).resolved()
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ConfigError(f"{path} is not a pyro-vae config JSON ({exc}); write one with "
+                              "'pyro-vae train' (config.json) or give a run folder") from None
+        dev = resolve_device(device)
+        pyro.set_rng_seed(config.seed)
+        pyro.clear_param_store()
+        data = prepare_data(config).to(dev)
+        vae = build_vae(config, data.event_shape, data.x_train.shape[0],
+                        data.num_classes).to(dev)
+        return config, vae, data
+    run = load_run(source, device=device)
+    return run.config, run.vae, run.data
+
+
+def cmd_variance(args: argparse.Namespace) -> int:
+    import torch
+
+    from pyro_vae.estimators import ESTIMATORS, KL_MODES
+    from pyro_vae.variance import markdown_table, run_lab, write_report
+
+    for e in args.estimators:
+        if e not in ESTIMATORS:
+            raise ConfigError(f"unknown estimator {e!r}; choose from {', '.join(ESTIMATORS)}")
+    for k in args.kl:
+        if k not in KL_MODES:
+            raise ConfigError(f"unknown --kl {k!r}; choose mc or analytic")
+    if any(s < 1 for s in args.samples) or not args.samples:
+        raise ConfigError("--samples takes positive integers, e.g. 1,4,16")
+    config, vae, data = load_model_for_lab(args.source, args.device)
+    torch.manual_seed(args.seed)
+    x = data.x_train[: args.batch_size]
+    if config.binarize == "dynamic":
+        x = torch.bernoulli(x)
+    y = None if data.y_train is None else data.y_train[: args.batch_size]
+    start = time.perf_counter()
+    results = run_lab(vae, x, y, tuple(args.estimators), tuple(args.kl), tuple(args.samples),
+                      args.repeats, args.implementation, args.seed, args.warmup)
+    seconds = time.perf_counter() - start
+    out = Path(args.out or (Path(args.source).parent if Path(args.source).suffix == ".json"
+                            else Path(args.source)) / "variance")
+    meta = {"source": str(args.source), "batch_size": int(x.shape[0]), "repeats": args.repeats,
+            "implementation": args.implementation, "seconds": seconds,
+            "dataset": config.dataset, "latent_dim": config.latent_dim}
+    paths = write_report(results, out, meta)
+    print(markdown_table(results))
+    print(f"{len(results)} estimator settings x {args.repeats} estimates in {seconds:.1f} s; "
+          f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyro-vae",
@@ -289,6 +360,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output file: .png or .npy (default RUN/figures/samples_cli.png)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("variance", help="measure gradient-estimator variance",
+                       description="Draw R gradient estimates per estimator at fixed parameters "
+                       "and report variance, SNR and cost (Markdown, JSON, figures).")
+    p.add_argument("source", help="run folder / checkpoint (trained parameters) or a config "
+                   "JSON (fresh initialization)")
+    p.add_argument("--estimators", type=_csv(str),
+                   default=("reparam", "score", "score-avg", "score-nn", "stl"),
+                   help="comma-separated: reparam, score, score-avg, score-nn, stl (default all)")
+    p.add_argument("--kl", type=_csv(str), default=("mc", "analytic"),
+                   help="KL modes: mc (Trace_ELBO) and/or analytic (TraceMeanField_ELBO)")
+    p.add_argument("--samples", type=_csv(int), default=(1, 4, 16),
+                   help="samples S of z per estimate, comma-separated (default 1,4,16)")
+    p.add_argument("--repeats", type=_int, default=100, help="estimates R per setting (100)")
+    p.add_argument("--batch-size", type=_int, default=64, help="data points in the batch (64)")
+    p.add_argument("--implementation", choices=("explicit", "pyro"), default="explicit",
+                   help="the explicit torch surrogates or Pyro's ELBOs (default explicit)")
+    p.add_argument("--warmup", type=_int, default=50,
+                   help="baseline updates before measuring (default 50)")
+    p.add_argument("--seed", type=_int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", help="output folder (default RUN/variance)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.set_defaults(func=cmd_variance)
 
     p = sub.add_parser("plot", help="(re)draw a run's figures",
                        description="Draw every figure of a run folder from its checkpoint.")

@@ -6,7 +6,8 @@
   (posterior means μ(x) of test points coloured by label; PCA to 2-D when L > 2),
   ``manifold.png`` (L = 2: decoded means over a grid of prior quantiles), ``interpolation.png``
   and ``interpolation.gif`` (decoded means along the line between two test points' codes).
-* 2-D data: ``overview.png``: data, reconstructions, samples x ~ p_θ(x), and latent means.
+* 2-D data: ``overview.png``: data, reconstructions, decoded prior samples E[x|z], samples
+  x ~ p_θ(x) with the observation noise, and latent means.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def _image_figures(vae: VAE, data: DataSet, out: Path) -> list[Path]:
         loc, _ = vae.encode(x, _labels(vae, y))
         recon = vae.decode_mean(loc, _labels(vae, y))
     fig, axes = plt.subplots(2, 1, figsize=(10, 3.2))
-    _show(axes[0], _image_grid(x, 16), "test images")
+    binary = bool(((x == 0) | (x == 1)).all())
+    _show(axes[0], _image_grid(x, 16), "test images" + (" (binarized, as scored)" if binary else ""))
     _show(axes[1], _image_grid(recon, 16), "reconstructions E[x | z = μ(x)]")
     paths.append(_save(fig, out / "reconstructions.png"))
 
@@ -189,7 +191,7 @@ def plot_interpolation(vae: VAE, data: DataSet, out: Path, steps: int = 10) -> l
 
 
 def plot_points(vae: VAE, data: DataSet, path: Path, num_samples: int = 2000) -> Path:
-    """2-D data: data, reconstructions, model samples x ~ p_θ(x), latent means."""
+    """2-D data: data, reconstructions, decoded prior samples, samples x ~ p_θ(x), latent means."""
     x = data.x_test.cpu()
     y = None if data.y_test is None else data.y_test.cpu()
     with evaluating(vae):
@@ -198,25 +200,32 @@ def plot_points(vae: VAE, data: DataSet, path: Path, num_samples: int = 2000) ->
         pred = Predictive(vae.model, num_samples=num_samples, parallel=True,
                           return_sites=[LATENT_SITE, OBS_SITE])()
     z_s, x_s = pred[LATENT_SITE][:, 0].cpu(), pred[OBS_SITE][:, 0].cpu()
+    with evaluating(vae):
+        means = vae.decode_mean(pred[LATENT_SITE][:, 0]).cpu()
     loc = loc.cpu()
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4.4))
+    fig, axes = plt.subplots(1, 5, figsize=(22, 4.4))
     colour = {"c": y, "cmap": "coolwarm"} if y is not None else {}
     axes[0].scatter(x[:, 0], x[:, 1], s=4, **colour)
     axes[0].set_title("test data")
     axes[1].scatter(recon[:, 0], recon[:, 1], s=4, **colour)
     axes[1].set_title("reconstructions E[x | z = μ(x)]")
-    axes[2].scatter(x_s[:, 0], x_s[:, 1], s=4, c=z_s[:, 0], cmap="autumn")
-    axes[2].set_title("samples x ~ p(x) (colour: z₁)")
+    axes[2].scatter(means[:, 0], means[:, 1], s=4, c=z_s[:, 0], cmap="autumn")
+    axes[2].set_title("decoded prior samples E[x|z], z ~ N(0, I)")
+    axes[3].scatter(x_s[:, 0], x_s[:, 1], s=4, c=z_s[:, 0], cmap="autumn")
+    axes[3].set_title("samples x ~ p(x) (with noise)")
     if loc.shape[1] >= 2:
-        axes[3].scatter(loc[:, 0], loc[:, 1], s=4, **colour)
-        axes[3].set_xlabel("z₁")
-        axes[3].set_ylabel("z₂")
+        axes[4].scatter(loc[:, 0], loc[:, 1], s=4, **colour)
+        axes[4].set_xlabel("z₁")
+        axes[4].set_ylabel("z₂")
     else:
-        axes[3].hist(loc[:, 0].numpy(), bins=60)
-        axes[3].set_xlabel("μ(x)")
-    axes[3].set_title("latent means μ(x)")
-    for ax in axes[:3]:
-        ax.set_aspect("equal", adjustable="datalim")
+        axes[4].hist(loc[:, 0].numpy(), bins=60)
+        axes[4].set_xlabel("μ(x)")
+    axes[4].set_title("latent means μ(x)")
+    lims = axes[0].get_xlim(), axes[0].get_ylim()
+    for ax in axes[:4]:
+        ax.set_xlim(*lims[0])
+        ax.set_ylim(*lims[1])
+        ax.set_aspect("equal", adjustable="box")
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -1,0 +1,274 @@
+"""Measure gradient-estimator variance side by side (see :mod:`pyro_vae.estimators`).
+
+At fixed parameters and a fixed batch of B data points, each estimator is run R times with S
+samples of z per point; every run gives one estimate of the gradient of the mean-per-point ELBO
+(ascent direction) for the encoder (φ) and the decoder (θ). Per estimator and parameter group, with g_r the r-th estimate of a
+P-vector:
+
+=====================  ============================================================
+``total_variance``     tr Cov[g] = Σ_p Var[g_p]  (unbiased over the R runs)
+``mean_variance``      tr Cov[g] / P
+``snr_mean``           mean over p of |E[g_p]| / sd[g_p]  (``snr_median`` likewise)
+``mean_norm``          ‖E[g]‖, the size of the mean gradient
+``seconds``            wall-clock seconds per estimate (forward, backward, baseline update)
+``work_variance``      total_variance × seconds: variance at equal compute (lower is better)
+=====================  ============================================================
+
+Baselines learn while they are measured, as during training: the decaying average and the
+network b_ψ(x) first take ``warmup`` updates, then one update per measured estimate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyro
+import torch
+
+from pyro_vae.errors import ConfigError
+from pyro_vae.estimators import (
+    KL_MODES,
+    SCORE_FAMILY,
+    BaselineState,
+    NeuralBaseline,
+    check_estimator,
+    explicit_surrogate,
+    flat_gradients,
+    parameter_groups,
+    pyro_loss,
+    pyro_surrogate_needs_clean_store,
+)
+from pyro_vae.vae import VAE
+
+IMPLEMENTATIONS = ("explicit", "pyro")
+
+
+@dataclass
+class GroupStats:
+    total_variance: float
+    mean_variance: float
+    snr_mean: float
+    snr_median: float
+    mean_norm: float
+    num_params: int
+
+    @classmethod
+    def of(cls, grads: torch.Tensor) -> GroupStats:
+        """``grads`` of shape (R, P)."""
+        mean = grads.mean(0)
+        var = grads.var(0, unbiased=True)
+        sd = var.sqrt()
+        ok = sd > 0
+        snr = (mean.abs()[ok] / sd[ok]) if bool(ok.any()) else torch.zeros(1)
+        return cls(float(var.sum()), float(var.mean()), float(snr.mean()),
+                   float(snr.median()), float(mean.norm()), int(grads.shape[1]))
+
+
+@dataclass
+class EstimatorResult:
+    estimator: str
+    kl: str
+    implementation: str
+    num_samples: int
+    repeats: int
+    seconds: float
+    groups: dict[str, GroupStats]
+    mean_gradient: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    stderr_gradient: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.estimator} ({self.kl} KL)"
+
+    def work_variance(self, group: str) -> float:
+        return self.groups[group].total_variance * self.seconds
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k not in ("mean_gradient",
+                                                                "stderr_gradient")}
+        d["work_variance"] = {g: self.work_variance(g) for g in self.groups}
+        return d
+
+
+def measure_estimator(
+    vae: VAE,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    estimator: str,
+    kl: str = "mc",
+    num_samples: int = 1,
+    repeats: int = 100,
+    implementation: str = "explicit",
+    warmup: int = 50,
+) -> EstimatorResult:
+    """R gradient estimates of ``estimator`` at the current parameters; their statistics."""
+    check_estimator(estimator, kl)
+    if implementation not in IMPLEMENTATIONS:
+        raise ConfigError(f"unknown implementation {implementation!r}; use explicit or pyro")
+    if repeats < 2:
+        raise ConfigError(f"--repeats must be ≥ 2 to estimate a variance, got {repeats}")
+    groups = parameter_groups(vae)
+    num_data, vae.num_data = vae.num_data, None  # the batch is the data set: no plate scaling
+    modes = {n: m.training for n, m in vae.modules().items()}
+    vae.eval()
+    y = y if vae.conditional else None
+    kind = {"score-avg": "avg", "score-nn": "nn"}.get(estimator)
+    state = BaselineState(kind, x) if implementation == "explicit" else None
+    nn_baseline, nn_optim = None, None
+    if implementation == "pyro":
+        pyro_surrogate_needs_clean_store()
+        if kind == "nn":
+            nn_baseline = NeuralBaseline(tuple(x.shape[1:])).to(x.device)
+            nn_optim = torch.optim.Adam(nn_baseline.parameters(), lr=1e-2)
+
+    def one() -> dict[str, torch.Tensor]:
+        """One estimate of ∇ ELBO (the gradient of minus the surrogate loss)."""
+        if implementation == "explicit":
+            return flat_gradients(-explicit_surrogate(vae, x, y, estimator, kl, num_samples,
+                                                      state), groups)
+        loss = pyro_loss(vae, x, y, estimator, kl, num_samples, nn_baseline)
+        if nn_baseline is None:
+            return flat_gradients(-loss, groups)
+        grads = flat_gradients(loss, {**groups, "baseline": list(nn_baseline.parameters())})
+        grads = {g: (v if g == "baseline" else -v) for g, v in grads.items()}
+        nn_optim.zero_grad()
+        start = 0
+        for p in nn_baseline.parameters():  # the baseline's own update, as in training
+            p.grad = grads["baseline"][start:start + p.numel()].view_as(p)
+            start += p.numel()
+        nn_optim.step()
+        return {g: grads[g] for g in groups}
+
+    try:
+        validation = pyro.validation_enabled(False)  # argument checks cost more than the nets
+        validation.__enter__()
+        for _ in range(warmup if estimator in SCORE_FAMILY and kind else 0):
+            one()
+        draws: dict[str, list[torch.Tensor]] = {g: [] for g in groups}
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            for g, v in one().items():
+                draws[g].append(v.detach())
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - start) / repeats
+    finally:
+        validation.__exit__(None, None, None)
+        vae.num_data = num_data
+        for n, m in vae.modules().items():
+            m.train(modes[n])
+    stacked = {g: torch.stack(v).double() for g, v in draws.items()}
+    return EstimatorResult(
+        estimator, kl, implementation, num_samples, repeats, seconds,
+        {g: GroupStats.of(v) for g, v in stacked.items()},
+        {g: v.mean(0) for g, v in stacked.items()},
+        {g: v.std(0) / math.sqrt(repeats) for g, v in stacked.items()},
+    )
+
+
+def run_lab(
+    vae: VAE,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    estimators: tuple[str, ...] = ("reparam", "score", "score-avg", "score-nn", "stl"),
+    kls: tuple[str, ...] = KL_MODES,
+    samples: tuple[int, ...] = (1, 4, 16),
+    repeats: int = 100,
+    implementation: str = "explicit",
+    seed: int = 0,
+    warmup: int = 50,
+) -> list[EstimatorResult]:
+    """Every (estimator, KL mode, S) combination; pyro-only gaps are skipped (see estimators)."""
+    results = []
+    for estimator in estimators:
+        for kl in kls:
+            if implementation == "pyro" and estimator in SCORE_FAMILY and kl == "analytic":
+                continue
+            for s in samples:
+                pyro.set_rng_seed(seed)
+                results.append(measure_estimator(vae, x, y, estimator, kl, s, repeats,
+                                                 implementation, warmup))
+    return results
+
+
+# --------------------------------------------------------------------------- reporting
+def markdown_table(results: list[EstimatorResult], reference: str = "reparam") -> str:
+    """One row per (estimator, KL, S, group) with the variance ratio to ``reference`` at the
+    same KL mode and S."""
+    ref = {(r.kl, r.num_samples): r for r in results if r.estimator == reference}
+    lines = ["| estimator | KL | S | group | total variance | ratio to reparam | SNR (mean) | "
+             "s / estimate | variance × cost |",
+             "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results:
+        for g, st in r.groups.items():
+            base = ref.get((r.kl, r.num_samples))
+            ratio = st.total_variance / base.groups[g].total_variance if base and \
+                base.groups[g].total_variance > 0 else float("nan")
+            lines.append(f"| {r.estimator} | {r.kl} | {r.num_samples} | {g} | "
+                         f"{st.total_variance:.4g} | {ratio:.3g} | {st.snr_mean:.3g} | "
+                         f"{r.seconds * 1e3:.2f} ms | {r.work_variance(g):.3g} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_lab(results: list[EstimatorResult], out: Path) -> list[Path]:
+    """variance_vs_samples.png (log-log, per group) and snr.png (per estimator and group)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(results[0].groups)
+    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5))
+    labels = list(dict.fromkeys(r.label for r in results))
+    for ax, g in zip(axes, groups, strict=True):
+        for label in labels:
+            rs = sorted((r for r in results if r.label == label), key=lambda r: r.num_samples)
+            ax.loglog([r.num_samples for r in rs], [r.groups[g].total_variance for r in rs],
+                      "o-" if "mc" in label else "s--", label=label)
+        ax.set_xlabel("samples S per estimate")
+        ax.set_ylabel("total variance tr Cov[ĝ]")
+        ax.set_title(f"{g} gradient")
+        ax.grid(alpha=0.3, which="both")
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    p1 = out / "variance_vs_samples.png"
+    fig.savefig(p1, dpi=110)
+    plt.close(fig)
+
+    s_min = min(r.num_samples for r in results)
+    rows = [r for r in results if r.num_samples == s_min]
+    fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.9), 4.5))
+    width = 0.8 / len(groups)
+    for i, g in enumerate(groups):
+        ax.bar([k + i * width for k in range(len(rows))], [r.groups[g].snr_mean for r in rows],
+               width, label=g)
+    ax.set_xticks([k + width * (len(groups) - 1) / 2 for k in range(len(rows))])
+    ax.set_xticklabels([r.label for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("mean |E[g]| / sd[g] per parameter")
+    ax.set_title(f"signal-to-noise ratio, S = {s_min}")
+    ax.legend()
+    fig.tight_layout()
+    p2 = out / "snr.png"
+    fig.savefig(p2, dpi=110)
+    plt.close(fig)
+    return [p1, p2]
+
+
+def write_report(results: list[EstimatorResult], out: str | Path, meta: dict | None = None
+                 ) -> list[Path]:
+    """``variance.md``, ``variance.json`` and the two figures into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "variance.md"
+    md.write_text(markdown_table(results))
+    js = out / "variance.json"
+    js.write_text(json.dumps({"meta": meta or {}, "results": [r.to_dict() for r in results]},
+                             indent=2) + "\n")
+    return [md, js, *plot_lab(results, out)]
