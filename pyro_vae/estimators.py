@@ -13,7 +13,8 @@ the estimators of ∇_φ ELBO, from S samples z_s, are (θ-gradients are ∇_θ 
     z_s ~ q, no gradient through z:  (1/S) Σ_s (f(z_s) - b) ∇_φ log q(z_s), b = 0.
     The direct dependence of f on φ through its -log q term is dropped: its expectation
     -E_q[∇_φ log q] is zero, and Pyro's ``TraceGraph_ELBO`` drops it too (a non-reparameterized
-    site's ``score_parts.entropy_term`` is 0). Surrogate: f|_{log q fixed} + log q · stop_grad(f - b).
+    site's ``score_parts.entropy_term`` is 0).
+    Surrogate: f|_{log q fixed} + log q · stop_grad(f - b).
 ``score-avg``
     the same with b = the decaying average of f over earlier estimates, per data point and
     sample slot s (b ← β b + (1 - β) f, β = 0.9, starting at 0, the old value used: exactly
@@ -328,5 +329,5 @@ def flat_gradients(loss: torch.Tensor, groups: dict[str, list[torch.Tensor]]) ->
 def pyro_surrogate_needs_clean_store() -> None:
     """TraceGraph's decaying-average baseline lives in the param store; start afresh."""
     store = pyro.get_param_store()
-    for name in [n for n in store.keys() if n.startswith("__baseline_avg_downstream_cost_")]:
+    for name in [n for n in store if n.startswith("__baseline_avg_downstream_cost_")]:
         del store[name]

@@ -91,7 +91,8 @@ def _image_figures(vae: VAE, data: DataSet, out: Path) -> list[Path]:
         recon = vae.decode_mean(loc, _labels(vae, y))
     fig, axes = plt.subplots(2, 1, figsize=(10, 3.2))
     binary = bool(((x == 0) | (x == 1)).all())
-    _show(axes[0], _image_grid(x, 16), "test images" + (" (binarized, as scored)" if binary else ""))
+    title = "test images" + (" (binarized, as scored)" if binary else "")
+    _show(axes[0], _image_grid(x, 16), title)
     _show(axes[1], _image_grid(recon, 16), "reconstructions E[x | z = μ(x)]")
     paths.append(_save(fig, out / "reconstructions.png"))
 

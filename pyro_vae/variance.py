@@ -2,8 +2,8 @@
 
 At fixed parameters and a fixed batch of B data points, each estimator is run R times with S
 samples of z per point; every run gives one estimate of the gradient of the mean-per-point ELBO
-(ascent direction) for the encoder (φ) and the decoder (θ). Per estimator and parameter group, with g_r the r-th estimate of a
-P-vector:
+(ascent direction) for the encoder (φ) and the decoder (θ). Per estimator and parameter group,
+with g_r the r-th estimate of a P-vector:
 
 =====================  ============================================================
 ``total_variance``     tr Cov[g] = Σ_p Var[g_p]  (unbiased over the R runs)
@@ -21,7 +21,6 @@ network b_ψ(x) first take ``warmup`` updates, then one update per measured esti
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,15 +56,13 @@ class GroupStats:
     num_params: int
 
     @classmethod
-    def of(cls, grads: torch.Tensor) -> GroupStats:
-        """``grads`` of shape (R, P)."""
-        mean = grads.mean(0)
-        var = grads.var(0, unbiased=True)
+    def of(cls, mean: torch.Tensor, var: torch.Tensor) -> GroupStats:
+        """From the per-parameter mean and (unbiased) variance over the R estimates."""
         sd = var.sqrt()
         ok = sd > 0
         snr = (mean.abs()[ok] / sd[ok]) if bool(ok.any()) else torch.zeros(1)
         return cls(float(var.sum()), float(var.mean()), float(snr.mean()),
-                   float(snr.median()), float(mean.norm()), int(grads.shape[1]))
+                   float(snr.median()), float(mean.norm()), int(mean.shape[0]))
 
 
 @dataclass
@@ -148,13 +145,23 @@ def measure_estimator(
         validation.__enter__()
         for _ in range(warmup if estimator in SCORE_FAMILY and kind else 0):
             one()
-        draws: dict[str, list[torch.Tensor]] = {g: [] for g in groups}
+        # streaming sums of (g - g_1) and its square, in float64: no R x P matrix is kept, and
+        # shifting by the first draw avoids cancellation when |mean| >> sd
+        shift: dict[str, torch.Tensor] = {}
+        s1: dict[str, torch.Tensor] = {}
+        s2: dict[str, torch.Tensor] = {}
         if x.is_cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(repeats):
             for g, v in one().items():
-                draws[g].append(v.detach())
+                if g not in shift:
+                    shift[g] = v.detach().double()
+                    s1[g] = torch.zeros_like(shift[g])
+                    s2[g] = torch.zeros_like(shift[g])
+                d = v.detach().double() - shift[g]
+                s1[g] += d
+                s2[g] += d * d
         if x.is_cuda:
             torch.cuda.synchronize()
         seconds = (time.perf_counter() - start) / repeats
@@ -163,12 +170,13 @@ def measure_estimator(
         vae.num_data = num_data
         for n, m in vae.modules().items():
             m.train(modes[n])
-    stacked = {g: torch.stack(v).double() for g, v in draws.items()}
+    means = {g: shift[g] + s1[g] / repeats for g in shift}
+    variances = {g: ((s2[g] - s1[g] ** 2 / repeats) / (repeats - 1)).clamp_min(0) for g in shift}
     return EstimatorResult(
         estimator, kl, implementation, num_samples, repeats, seconds,
-        {g: GroupStats.of(v) for g, v in stacked.items()},
-        {g: v.mean(0) for g, v in stacked.items()},
-        {g: v.std(0) / math.sqrt(repeats) for g, v in stacked.items()},
+        {g: GroupStats.of(means[g], variances[g]) for g in shift},
+        means,
+        {g: (variances[g] / repeats).sqrt() for g in shift},
     )
 
 
