@@ -377,8 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_int, default=64, help="data points in the batch (64)")
     p.add_argument("--implementation", choices=("explicit", "pyro"), default="explicit",
                    help="the explicit torch surrogates or Pyro's ELBOs (default explicit)")
-    p.add_argument("--warmup", type=_int, default=50,
-                   help="baseline updates before measuring (default 50)")
+    p.add_argument("--warmup", type=_int, default=500,
+                   help="updates of the learned baseline before measuring (default 500; the "
+                   "decaying average takes min(N, 100))")
     p.add_argument("--seed", type=_int, default=0, help="random seed (default 0)")
     p.add_argument("--out", help="output folder (default RUN/variance)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")

@@ -147,13 +147,21 @@ class StickingTheLandingMessenger(Messenger):
 
 
 class NeuralBaseline(nn.Module):
-    """b_ψ(x): an MLP from a flattened data point to one number (the learned baseline)."""
+    """b_ψ(x): an MLP from a flattened data point to one number (the learned baseline).
 
-    def __init__(self, event_shape: tuple[int, ...], hidden: int = 64) -> None:
+    :param offset: the initial output (the output layer's bias). f is of the order of the
+        ELBO, hundreds of nats on images; started at 0, the network would spend its first
+        hundreds of steps learning that constant, so it starts at the mean of f instead.
+    """
+
+    def __init__(self, event_shape: tuple[int, ...], hidden: int = 64,
+                 offset: float = 0.0) -> None:
         super().__init__()
         self.event_dims = len(event_shape)
         self.net = nn.Sequential(nn.Linear(math.prod(event_shape), hidden), nn.Tanh(),
                                  nn.Linear(hidden, 1))
+        with torch.no_grad():
+            self.net[-1].bias.fill_(offset)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x of shape ``(*batch, *event_shape)`` → b of shape ``batch``."""
@@ -206,13 +214,14 @@ class BaselineState:
     """The baselines' memory between estimates: the decaying average per data point, or the
     network b_ψ(x) with its optimizer (one Adam step on (f - b_ψ(x))² per estimate)."""
 
-    def __init__(self, kind: str | None, x: torch.Tensor, lr: float = 1e-2) -> None:
+    def __init__(self, kind: str | None, x: torch.Tensor, lr: float = 1e-2,
+                 offset: float = 0.0) -> None:
         self.kind = kind
         self.x = x
         self.average: torch.Tensor | None = None
         self.net: NeuralBaseline | None = None
         if kind == "nn":
-            self.net = NeuralBaseline(tuple(x.shape[1:])).to(x.device)
+            self.net = NeuralBaseline(tuple(x.shape[1:]), offset=offset).to(x.device)
             self.optim = torch.optim.Adam(self.net.parameters(), lr=lr)
 
     def value(self) -> torch.Tensor | float:
@@ -231,10 +240,19 @@ class BaselineState:
         elif self.kind == "nn":
             target = f_values.mean(0)  # average over the S samples, per data point
             assert self.net is not None
-            self.optim.zero_grad()
-            loss = ((self.net(self.x) - target) ** 2).mean()
-            loss.backward()
-            self.optim.step()
+            with torch.enable_grad():  # also during a no-grad warm-up
+                self.optim.zero_grad()
+                loss = ((self.net(self.x) - target) ** 2).mean()
+                loss.backward()
+                self.optim.step()
+
+
+def mean_integrand(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, kl: str) -> float:
+    """E_q[f] over the batch from one draw per point: the starting offset of b_ψ."""
+    with torch.no_grad():
+        q = vae.posterior(x, y)
+        z = q.sample()
+        return float(vae_integrand(vae, x, y, kl)(z, q.log_prob(z)).mean())
 
 
 def explicit_surrogate(
