@@ -349,3 +349,43 @@ def pyro_surrogate_needs_clean_store() -> None:
     store = pyro.get_param_store()
     for name in [n for n in store if n.startswith("__baseline_avg_downstream_cost_")]:
         del store[name]
+
+
+def svi_objective(
+    vae: VAE, estimator: str, kl: str = "mc", num_particles: int = 1,
+    baseline_offset: float = 0.0,
+) -> tuple[Callable[..., Any], Any]:
+    """A ``(guide, ELBO)`` pair that makes ``pyro.infer.SVI`` train with ``estimator``.
+
+    ``reparam``: the VAE's guide with ``Trace_ELBO`` (``TraceMeanField_ELBO`` for an analytic
+    KL). ``stl``: the guide under :class:`StickingTheLandingMessenger` with ``Trace_ELBO``.
+    Score family: the guide under :class:`ScoreFunctionMessenger` with ``TraceGraph_ELBO``;
+    ``score-nn`` registers its :class:`NeuralBaseline` with ``pyro.module("baseline", ...)``
+    so that SVI trains it alongside the VAE. TraceGraph's costs carry the plate's N/B scale,
+    so ``baseline_offset`` (the network's starting output) should be about N/B · E_q[f].
+    """
+    check_estimator(estimator, kl)
+    kwargs = dict(num_particles=num_particles, vectorize_particles=num_particles > 1,
+                  max_plate_nesting=1)
+    if estimator == "reparam":
+        return vae.guide, (TraceMeanField_ELBO if kl == "analytic" else Trace_ELBO)(**kwargs)
+    if estimator == "stl":
+        if kl == "analytic":
+            return vae.guide, TraceMeanField_ELBO(**kwargs)  # STL = reparam with analytic KL
+        return StickingTheLandingMessenger()(vae.guide), Trace_ELBO(**kwargs)
+    if kl == "analytic":
+        raise ConfigError("Pyro has no score-function ELBO with an analytic KL; use kl='mc'")
+    kind = {"score": None, "score-avg": "avg", "score-nn": "nn"}[estimator]
+    net = NeuralBaseline(vae.event_shape, offset=baseline_offset) if kind == "nn" else None
+    if net is not None:
+        net.to(next(vae.encoder.parameters()).device)
+
+    def guide(x, y=None, indices=None, beta=1.0):
+        if net is not None:
+            pyro.module("baseline", net)
+        nn_input = x.expand(num_particles, *x.shape) if num_particles > 1 else x
+        handler = ScoreFunctionMessenger(baseline=kind, nn_baseline=net,
+                                         nn_baseline_input=nn_input)
+        return handler(vae.guide)(x, y, indices, beta)
+
+    return guide, TraceGraph_ELBO(**kwargs)
