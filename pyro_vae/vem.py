@@ -1,0 +1,364 @@
+"""Non-amortized variational EM (vEM), test-time inference, and the amortization gap.
+
+**The local guide.** vEM keeps separate variational parameters λ_n = (μ_n, σ_n) for every data
+point instead of an encoder::
+
+    q_λ(z_n) = N(z_n; μ_n, diag σ_n²),   μ: pyro.param "<prefix>_loc"  (N, L)
+                                        σ: pyro.param "<prefix>_scale" (N, L), positive
+
+Both params are declared with ``event_dim=1`` inside the VAE's ``"data"`` plate, so Pyro slices
+them by the plate's subsample indices: the *same* ``VAE.model`` is used unchanged, and the
+ELBO of a mini-batch is scaled to the whole data set as for the VAE.
+
+**Training** (:class:`VariationalEM`), per mini-batch B of the source material's Algorithm 7:
+
+* E-step: ``e_steps`` gradient steps on λ_n, n ∈ B, with θ frozen (Adam with per-row state:
+  only the batch's rows and their moments change);
+* M-step: one gradient step on θ (the decoder and any ``pyro.param`` of the likelihood) with λ
+  frozen, with its own Adam;
+* ``mode="joint"``: one step on λ_B and θ together per mini-batch.
+
+Gradients come from ``ELBO.differentiable_loss(vae.model, local.guide, x, indices=idx)``.
+
+**Test-time inference** (:func:`fit_local`): λ for new points with θ frozen, from the
+encoder's output or from zero, until the ELBO has not improved for ``patience`` checks. The
+ELBO a check compares is a sample-average approximation with one fixed set of ε draws (common
+random numbers), so each point keeps its best λ and its fitted ELBO is never below the start.
+
+**The amortization gap** (:func:`amortization_gap`, Cremer, Li & Duvenaud 2018)::
+
+    log p(x) - L[q] = (log p(x) - L[q*])  +  (L[q*] - L[q])
+                      approximation gap      amortization gap
+
+with log p(x) the IWAE estimate, L[q] the encoder's ELBO and L[q*] the ELBO of the best
+Gaussian found by :func:`fit_local`. Semi-amortized refinement (Kim et al. 2018) is the
+curve of the ELBO along the first k steps from the encoder's output.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from torch.distributions import constraints, kl_divergence
+
+from pyro_vae.errors import ConfigError
+from pyro_vae.evaluation import evaluating, iwae_log_likelihood
+from pyro_vae.sites import LATENT_SITE
+from pyro_vae.vae import VAE
+
+
+class LocalGuide:
+    """q_λ(z_n) = N(μ_n, diag σ_n²) with one (μ_n, σ_n) per data point (see module docstring)."""
+
+    def __init__(self, vae: VAE, num_data: int, prefix: str = "local",
+                 init_loc: torch.Tensor | None = None,
+                 init_scale: torch.Tensor | None = None) -> None:
+        self.vae = vae
+        self.num_data = int(num_data)
+        self.loc_name, self.scale_name = f"{prefix}_loc", f"{prefix}_scale"
+        device = next(vae.decoder.parameters()).device
+        shape = (self.num_data, vae.latent_dim)
+        self._init_loc = init_loc if init_loc is not None else torch.zeros(shape, device=device)
+        self._init_scale = init_scale if init_scale is not None else \
+            torch.ones(shape, device=device)
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None,
+              indices: torch.Tensor | None = None, beta: float | torch.Tensor = 1.0) -> Any:
+        batch = self.vae._batch(x, y)
+        with self.vae._plate(batch, indices, observed=True):
+            loc = pyro.param(self.loc_name, lambda: self._init_loc.clone(), event_dim=1)
+            scale = pyro.param(self.scale_name, lambda: self._init_scale.clone(),
+                               constraint=constraints.positive, event_dim=1)
+            with self.vae._kl_scale(beta):
+                return pyro.sample(LATENT_SITE, dist.Normal(loc, scale).to_event(1))
+
+    def unconstrained(self) -> list[torch.Tensor]:
+        """The leaf tensors the E-step optimizes: μ and log σ, each (N, L)."""
+        store = pyro.get_param_store()
+        return [store[self.loc_name].unconstrained(), store[self.scale_name].unconstrained()]
+
+    def values(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return pyro.param(self.loc_name).detach(), pyro.param(self.scale_name).detach()
+
+
+class RowAdam:
+    """Adam on a few rows of (N, L) tensors at a time, with per-row moments and step counts:
+    rows outside the batch do not move (plain Adam would keep moving them on stale momentum)."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        self.params, self.lr, self.betas, self.eps = params, lr, betas, eps
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+        self.t = torch.zeros(params[0].shape[0], device=params[0].device)
+
+    @torch.no_grad()
+    def step(self, rows: torch.Tensor, grads: list[torch.Tensor]) -> None:
+        b1, b2 = self.betas
+        self.t[rows] += 1
+        t = self.t[rows].unsqueeze(-1)
+        for p, m, v, g in zip(self.params, self.m, self.v, grads, strict=True):
+            g = g[rows]
+            m[rows] = b1 * m[rows] + (1 - b1) * g
+            v[rows] = b2 * v[rows] + (1 - b2) * g * g
+            m_hat = m[rows] / (1 - b1**t)
+            v_hat = v[rows] / (1 - b2**t)
+            p[rows] -= self.lr * m_hat / (v_hat.sqrt() + self.eps)
+
+
+@dataclass
+class VariationalEM:
+    """vEM training of ``vae``'s decoder with a :class:`LocalGuide` (module docstring).
+
+    :param mode: ``"alternating"`` (E-step of ``e_steps`` λ-updates, then one θ-update) or
+        ``"joint"`` (λ_B and θ together).
+    """
+
+    vae: VAE
+    num_data: int
+    e_steps: int = 5
+    e_lr: float = 1e-2
+    m_lr: float = 1e-3
+    mode: str = "alternating"
+    kl: str = "analytic"
+    num_particles: int = 1
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("alternating", "joint"):
+            raise ConfigError(f"unknown vEM mode {self.mode!r}; use alternating or joint")
+        self.vae.num_data = self.num_data
+        self.local = LocalGuide(self.vae, self.num_data)
+        cls = TraceMeanField_ELBO if self.kl == "analytic" else Trace_ELBO
+        self.elbo = cls(num_particles=self.num_particles,
+                        vectorize_particles=self.num_particles > 1, max_plate_nesting=1)
+        self._model, self._guide = self.vae.model, self.local.guide
+        self._e_optim: RowAdam | None = None
+        self._m_optim: torch.optim.Optimizer | None = None
+
+    def _loss(self, x, y, idx) -> torch.Tensor:
+        return self.elbo.differentiable_loss(self._model, self._guide, x, y, idx)
+
+    def _setup(self, x, y, idx) -> None:
+        self._loss(x, y, idx)  # creates the params
+        self._e_optim = RowAdam(self.local.unconstrained(), self.e_lr)
+        theta = list(self.vae.decoder.parameters())
+        store = pyro.get_param_store()
+        theta += [store[n].unconstrained() for n in store
+                  if not n.startswith(("decoder$$$", "encoder$$$", self.local.loc_name,
+                                       self.local.scale_name))]
+        self._theta = theta
+        self._m_optim = torch.optim.Adam(theta, lr=self.m_lr)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor | None, idx: torch.Tensor) -> float:
+        """One mini-batch of vEM; returns the batch loss (-ELBO scaled to the data set)."""
+        if self._e_optim is None:
+            self._setup(x, y, idx)
+        lam = self.local.unconstrained()
+        if self.mode == "alternating":
+            for _ in range(self.e_steps):
+                grads = torch.autograd.grad(self._loss(x, y, idx), lam)
+                self._e_optim.step(idx, list(grads))
+            loss = self._loss(x, y, idx)
+            self._m_optim.zero_grad()
+            grads = torch.autograd.grad(loss, self._theta, allow_unused=True)
+        else:
+            loss = self._loss(x, y, idx)
+            grads_all = torch.autograd.grad(loss, lam + self._theta, allow_unused=True)
+            self._e_optim.step(idx, list(grads_all[:2]))
+            grads = grads_all[2:]
+        for p, g in zip(self._theta, grads, strict=True):
+            p.grad = g
+        self._m_optim.step()
+        return float(loss.detach())
+
+    def fit(self, x_all: torch.Tensor, y_all: torch.Tensor | None, epochs: int,
+            batch_size: int, on_epoch: Callable[[dict[str, float]], None] | None = None,
+            ) -> list[dict[str, float]]:
+        """Epochs over shuffled mini-batches; records the train ELBO per point and seconds."""
+        n = x_all.shape[0]
+        for _ in range(epochs):
+            start = time.perf_counter()
+            total = 0.0
+            for idx in torch.randperm(n, device=x_all.device).split(batch_size):
+                yb = None if y_all is None else y_all[idx]
+                total += self.step(x_all[idx], yb, idx) / n * idx.shape[0]
+            row = {"epoch": len(self.history) + 1, "train_elbo": -total / n,
+                   "seconds": time.perf_counter() - start}
+            self.history.append(row)
+            if on_epoch is not None:
+                on_epoch(row)
+        return self.history
+
+
+# --------------------------------------------------------------------------- per-point fits
+def gaussian_elbo(
+    vae: VAE, x: torch.Tensor, y: torch.Tensor | None, loc: torch.Tensor,
+    scale: torch.Tensor, eps: torch.Tensor,
+) -> torch.Tensor:
+    """Per-point ELBO of q = N(loc, diag scale²) with the draws z = loc + scale·eps, eps of shape
+    (S, N, L): E_q[log p(x|z)] by the S draws, KL(q ‖ p) in closed form."""
+    z = loc + scale * eps
+    recon = vae.observation_distribution(z, y).log_prob(x).mean(0)
+    q = dist.Normal(loc, scale).to_event(1)
+    return recon - kl_divergence(q, vae.prior(x.shape[0], x.device))
+
+
+@dataclass
+class LocalFit:
+    loc: torch.Tensor
+    scale: torch.Tensor
+    elbo: torch.Tensor          # per point, on the fixed draws of the check
+    start_elbo: torch.Tensor    # per point, at the initial λ, same draws
+    curve: list[float]          # mean ELBO at each check
+    steps: int
+
+
+def fit_local(
+    vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, init: str = "encoder",
+    lr: float = 3e-2, num_samples: int = 8, check_every: int = 10, patience: int = 5,
+    max_steps: int = 2000, check_samples: int = 256, seed: int = 0,
+    record_steps: int = 0,
+) -> LocalFit:
+    """Fit λ_n for every point of ``x`` with θ frozen (test-time vEM).
+
+    Steps of Adam on (μ, log σ) with ``num_samples`` fresh reparameterized draws per step; every
+    ``check_every`` steps the per-point ELBO is estimated on ``check_samples`` fixed draws and
+    each point keeps its best λ; stop when the mean has not improved for ``patience`` checks.
+    ``record_steps`` > 0 also records the fixed-draw ELBO after each of the first steps.
+    """
+    if init not in ("encoder", "zero"):
+        raise ConfigError(f"unknown init {init!r}; use encoder or zero")
+    yy = y if vae.conditional else None
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    eps_check = torch.randn(check_samples, x.shape[0], vae.latent_dim, generator=gen).to(x.device)
+    with evaluating(vae):
+        if init == "encoder":
+            loc0, scale0 = vae.encode(x, yy)
+        else:
+            loc0 = torch.zeros(x.shape[0], vae.latent_dim, device=x.device)
+            scale0 = torch.ones_like(loc0)
+        start_elbo = gaussian_elbo(vae, x, yy, loc0, scale0, eps_check)
+    loc = loc0.clone().requires_grad_(True)
+    log_scale = scale0.log().clone().requires_grad_(True)
+    optim = torch.optim.Adam([loc, log_scale], lr=lr)
+    best = start_elbo.clone()
+    best_loc, best_scale = loc0.clone(), scale0.clone()
+    curve = [float(best.mean())]
+    last = curve[0]
+    since, step = 0, 0
+    modes = {n: m.training for n, m in vae.modules().items()}
+    vae.eval()
+    for p in vae.decoder.parameters():
+        p.requires_grad_(False)
+    try:
+        while step < max_steps and since < patience:
+            for _ in range(check_every):
+                eps = torch.randn(num_samples, *loc.shape, device=x.device)
+                loss = -gaussian_elbo(vae, x, yy, loc, log_scale.exp(), eps).sum()
+                optim.zero_grad()
+                loss.backward()
+                optim.step()
+                step += 1
+                if step <= record_steps:
+                    with torch.no_grad():
+                        value = gaussian_elbo(vae, x, yy, loc, log_scale.exp(), eps_check)
+                    curve.append(float(value.mean()))
+            with torch.no_grad():
+                current = gaussian_elbo(vae, x, yy, loc, log_scale.exp(), eps_check)
+            better = current > best
+            best = torch.where(better, current, best)
+            best_loc[better] = loc.detach()[better]
+            best_scale[better] = log_scale.detach().exp()[better]
+            mean_best = float(best.mean())
+            since = 0 if mean_best > last + 1e-4 else since + 1
+            last = mean_best
+            if record_steps == 0:
+                curve.append(mean_best)
+    finally:
+        for p in vae.decoder.parameters():
+            p.requires_grad_(True)
+        for n, m in vae.modules().items():
+            m.train(modes[n])
+    return LocalFit(best_loc, best_scale, best, start_elbo, curve, step)
+
+
+@dataclass
+class GapReport:
+    log_px: torch.Tensor
+    elbo_q_star: torch.Tensor
+    elbo_q_star_from_encoder: torch.Tensor
+    elbo_q_star_from_zero: torch.Tensor
+    elbo_q: torch.Tensor
+    refinement_curve: list[float]
+    seconds: dict[str, float]
+
+    @property
+    def approximation_gap(self) -> torch.Tensor:
+        return self.log_px - self.elbo_q_star
+
+    @property
+    def amortization_gap(self) -> torch.Tensor:
+        return self.elbo_q_star - self.elbo_q
+
+    def summary(self) -> dict[str, Any]:
+        def stat(t: torch.Tensor) -> dict[str, float]:
+            t = t.double()
+            return {"mean": float(t.mean()), "stderr": float(t.std() / math.sqrt(t.numel()))}
+
+        return {
+            "num_points": int(self.log_px.numel()),
+            "log_px_iwae": stat(self.log_px),
+            "elbo_q_star": stat(self.elbo_q_star),
+            "elbo_q_star_from_encoder": stat(self.elbo_q_star_from_encoder),
+            "elbo_q_star_from_zero": stat(self.elbo_q_star_from_zero),
+            "elbo_q_amortized": stat(self.elbo_q),
+            "approximation_gap": stat(self.approximation_gap),
+            "amortization_gap": stat(self.amortization_gap),
+            "fraction_q_star_above_q": float((self.elbo_q_star >= self.elbo_q).float().mean()),
+            "refinement_curve": self.refinement_curve,
+            "seconds": self.seconds,
+        }
+
+
+def amortization_gap(
+    vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, iw_samples: int = 5000,
+    eval_samples: int = 1000, refine_steps: int = 50, seed: int = 0, **fit_kwargs: Any,
+) -> GapReport:
+    """log p(x), L[q*] (from the encoder and from zero; the better per point), L[q], and the
+    semi-amortized curve, per point. All ELBOs are re-estimated on one fresh set of
+    ``eval_samples`` draws shared by q and q*, so their difference has little noise."""
+    yy = y if vae.conditional else None
+    seconds = {}
+    t = time.perf_counter()
+    log_px = iwae_log_likelihood(vae, x, yy, num_samples=iw_samples)
+    seconds["iwae"] = time.perf_counter() - t
+    t = time.perf_counter()
+    from_enc = fit_local(vae, x, yy, init="encoder", seed=seed, **fit_kwargs)
+    from_zero = fit_local(vae, x, yy, init="zero", seed=seed, **fit_kwargs)
+    seconds["fit"] = time.perf_counter() - t
+    refine = fit_local(vae, x, yy, init="encoder", seed=seed, max_steps=refine_steps,
+                       check_every=refine_steps, patience=1, record_steps=refine_steps)
+    gen = torch.Generator().manual_seed(seed + 1)
+    eps = torch.randn(eval_samples, x.shape[0], vae.latent_dim, generator=gen).to(x.device)
+    with evaluating(vae):
+        loc, scale = vae.encode(x, yy)
+        chunks = [(slice(i, i + 200)) for i in range(0, x.shape[0], 200)]
+
+        def elbo_of(lc, sc):
+            return torch.cat([gaussian_elbo(vae, x[c], None if yy is None else yy[c], lc[c],
+                                            sc[c], eps[:, c]) for c in chunks])
+
+        e_q = elbo_of(loc, scale)
+        e_enc = elbo_of(from_enc.loc, from_enc.scale)
+        e_zero = elbo_of(from_zero.loc, from_zero.scale)
+    e_star = torch.maximum(torch.maximum(e_enc, e_zero), e_q)  # q itself is a candidate
+    return GapReport(log_px, e_star, e_enc, e_zero, e_q, refine.curve, seconds)
