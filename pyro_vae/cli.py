@@ -322,6 +322,32 @@ def cmd_variance(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gap(args: argparse.Namespace) -> int:
+    from pyro_vae.runs import load_run
+    from pyro_vae.vem import amortization_gap, gap_table, plot_gap
+
+    if args.num_points < 1 or args.iw_samples < 1:
+        raise ConfigError("--num-points and --iw-samples must be ≥ 1")
+    run = load_run(args.run, device=args.device)
+    x = run.data.x_test[: args.num_points]
+    y = None if run.data.y_test is None else run.data.y_test[: args.num_points]
+    start = time.perf_counter()
+    report = amortization_gap(run.vae, x, y, iw_samples=args.iw_samples,
+                              refine_steps=args.refine_steps, max_steps=args.max_steps,
+                              seed=args.seed)
+    summary = report.summary()
+    summary["seconds"]["total"] = time.perf_counter() - start
+    out = Path(args.out or Path(args.run) / "gap")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gap.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "gap.md").write_text(gap_table(summary))
+    plot_gap(report, out / "gap.png")
+    print(json.dumps(summary) if args.json else gap_table(summary))
+    if not args.json:
+        print(f"wrote {out / 'gap.md'}, {out / 'gap.json'}, {out / 'gap.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyro-vae",
@@ -384,6 +410,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default RUN/variance)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.set_defaults(func=cmd_variance)
+
+    p = sub.add_parser("gap", help="approximation and amortization gaps of a trained VAE",
+                       description="log p(x) (IWAE), the best Gaussian ELBO per point L[q*] "
+                       "(test-time vEM), the encoder's ELBO L[q], their gaps, and "
+                       "semi-amortized refinement.")
+    p.add_argument("run", help="run folder (or its checkpoint.pt)")
+    p.add_argument("--num-points", type=_int, default=1000, help="test points (default 1000)")
+    p.add_argument("--iw-samples", type=_int, default=5000,
+                   help="importance samples for log p(x) (default 5000)")
+    p.add_argument("--refine-steps", type=_int, default=50,
+                   help="steps of the semi-amortized curve (default 50)")
+    p.add_argument("--max-steps", type=_int, default=1000,
+                   help="most optimization steps of the per-point fits (default 1000)")
+    p.add_argument("--seed", type=_int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", help="output folder (default RUN/gap)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_gap)
 
     p = sub.add_parser("plot", help="(re)draw a run's figures",
                        description="Draw every figure of a run folder from its checkpoint.")

@@ -224,8 +224,8 @@ class LocalFit:
 
 def fit_local(
     vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, init: str = "encoder",
-    lr: float = 3e-2, num_samples: int = 8, check_every: int = 10, patience: int = 5,
-    max_steps: int = 2000, check_samples: int = 256, seed: int = 0,
+    lr: float = 3e-2, num_samples: int = 8, check_every: int = 20, patience: int = 5,
+    max_steps: int = 1000, check_samples: int = 64, seed: int = 0,
     record_steps: int = 0,
 ) -> LocalFit:
     """Fit λ_n for every point of ``x`` with θ frozen (test-time vEM).
@@ -360,5 +360,52 @@ def amortization_gap(
         e_q = elbo_of(loc, scale)
         e_enc = elbo_of(from_enc.loc, from_enc.scale)
         e_zero = elbo_of(from_zero.loc, from_zero.scale)
-    e_star = torch.maximum(torch.maximum(e_enc, e_zero), e_q)  # q itself is a candidate
+    # q* is the best Gaussian found per point; the encoder's q is one of the candidates
+    e_star = torch.maximum(torch.maximum(e_enc, e_zero), e_q)
     return GapReport(log_px, e_star, e_enc, e_zero, e_q, refine.curve, seconds)
+
+
+def gap_table(summary: dict[str, Any]) -> str:
+    """Markdown table of a :meth:`GapReport.summary`."""
+    rows = [("log p(x) (IWAE)", "log_px_iwae"), ("L[q*] (best Gaussian per point)", "elbo_q_star"),
+            ("  from the encoder's output", "elbo_q_star_from_encoder"),
+            ("  from zero", "elbo_q_star_from_zero"), ("L[q] (amortized encoder)",
+                                                       "elbo_q_amortized"),
+            ("approximation gap log p(x) - L[q*]", "approximation_gap"),
+            ("amortization gap L[q*] - L[q]", "amortization_gap")]
+    lines = [f"{summary['num_points']} points; nats per point (± standard error)", "",
+             "| quantity | value |", "| --- | ---: |"]
+    lines += [f"| {label} | {summary[key]['mean']:.3f} ± {summary[key]['stderr']:.3f} |"
+              for label, key in rows]
+    curve = summary["refinement_curve"]
+    if len(curve) > 1:
+        lines += ["", f"Semi-amortized refinement from the encoder: {curve[0]:.3f} → "
+                  f"{curve[-1]:.3f} nats after {len(curve) - 1} steps "
+                  f"({(curve[-1] - curve[0]) / (len(curve) - 1):.4f} nats per step)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_gap(report: GapReport, path) -> None:
+    """Histograms of both gaps per point, and the refinement curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, values, title in ((axes[0], report.approximation_gap, "approximation gap"),
+                              (axes[1], report.amortization_gap, "amortization gap")):
+        v = values.detach().cpu().numpy()
+        ax.hist(v, bins=50)
+        ax.axvline(v.mean(), color="k", ls="--", label=f"mean {v.mean():.2f}")
+        ax.set_title(f"{title} per point (nats)")
+        ax.legend()
+    axes[2].plot(report.refinement_curve, "o-", ms=3)
+    axes[2].axhline(float(report.elbo_q_star.mean()), color="k", ls="--", label="L[q*]")
+    axes[2].set_xlabel("refinement steps from the encoder's output")
+    axes[2].set_ylabel("mean ELBO")
+    axes[2].set_title("semi-amortized inference")
+    axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
