@@ -141,3 +141,11 @@ def test_user_modules_can_replace_the_networks():
     before = vae.decoder.lin.weight.detach().clone()
     svi.step(x)
     assert not torch.equal(before, vae.decoder.lin.weight)  # pyro.module registered the net
+
+
+def test_render_model_draws_the_plate_and_sites():
+    vae = small_vae(num_data=100)
+    graph = pyro.render_model(vae.model, model_args=(make_batch(4),),
+                              render_distributions=True)
+    src = graph.source
+    assert "cluster_data" in src and "z -> x" in src and "x ~ Normal" in src
