@@ -261,6 +261,7 @@ def restore_model_state(vae: VAE, state: dict[str, Any]) -> None:
     if state["params"]:
         known = {OBS_SCALE_PARAM: constraints.positive}
         pyro.get_param_store().set_state({
-            "params": dict(state["params"]),
+            # saved detached: make them leaves that the optimizer can train again
+            "params": {n: v.clone().requires_grad_(True) for n, v in state["params"].items()},
             "constraints": {name: known.get(name, constraints.real) for name in state["params"]},
         })

@@ -131,7 +131,8 @@ def _comparable(history):
     return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
 
 
-@pytest.mark.parametrize("changes", [{}, {"elbo": "meanfield", "likelihood": "continuous-bernoulli",
+@pytest.mark.parametrize("changes", [{}, {"dataset": "moons", "hidden": (16,)},
+                                     {"elbo": "meanfield", "likelihood": "continuous-bernoulli",
                                           "binarize": "none", "kl_schedule": "cyclical",
                                           "lr_schedule": "exponential"}])
 def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path, changes):
