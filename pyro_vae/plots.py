@@ -113,10 +113,9 @@ def latent_means(vae: VAE, data: DataSet, max_points: int = 5000) -> torch.Tenso
     x = data.x_test[:max_points]
     y = None if data.y_test is None else data.y_test[:max_points]
     with evaluating(vae):
-        return torch.cat([vae.encode(xb, _labels(vae, yb))[0]
-                          for xb, yb in zip(x.split(1000),
-                                            y.split(1000) if y is not None else [None] * 99999,
-                                            strict=False)])
+        return torch.cat([vae.encode(x[i:i + 1000], None if y is None else
+                                     _labels(vae, y[i:i + 1000]))[0]
+                          for i in range(0, x.shape[0], 1000)])
 
 
 def plot_latent(vae: VAE, data: DataSet, path: Path) -> Path:

@@ -18,7 +18,7 @@ import platform
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -74,13 +74,11 @@ def prepare_data(config: Config) -> DataSet:
         unit.check_support(data.x_train, "training data")
         unit.check_support(data.x_test, "test data")
     if config.binarize == "threshold":
-        data = data.__class__(data.name, (data.x_train > 0.5).float(),
-                              (data.x_test > 0.5).float(), data.y_train, data.y_test,
-                              data.kind, data.class_names)
+        data = replace(data, x_train=(data.x_train > 0.5).float(),
+                       x_test=(data.x_test > 0.5).float())
     elif config.binarize == "dynamic":
         gen = torch.Generator().manual_seed(config.split_seed)
-        data = data.__class__(data.name, data.x_train, torch.bernoulli(data.x_test, generator=gen),
-                              data.y_train, data.y_test, data.kind, data.class_names)
+        data = replace(data, x_test=torch.bernoulli(data.x_test, generator=gen))
     else:
         likelihood.check_support(data.x_train, "training data")
         likelihood.check_support(data.x_test, "test data")
