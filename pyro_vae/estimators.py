@@ -67,6 +67,8 @@ from pyro_vae.vae import VAE
 ESTIMATORS = ("reparam", "score", "score-avg", "score-nn", "stl")
 KL_MODES = ("mc", "analytic")
 SCORE_FAMILY = ("score", "score-avg", "score-nn")
+#: The baseline each score-function estimator uses (``None``: no baseline).
+BASELINE_KIND: dict[str, str | None] = {"score": None, "score-avg": "avg", "score-nn": "nn"}
 
 #: β of the decaying-average baseline (Pyro's default ``baseline_beta``).
 BASELINE_BETA = 0.9
@@ -304,7 +306,7 @@ def pyro_loss(
                   max_plate_nesting=1)
     guide = vae.guide
     if estimator in SCORE_FAMILY:
-        kind = {"score": None, "score-avg": "avg", "score-nn": "nn"}[estimator]
+        kind = BASELINE_KIND[estimator]
         # the baseline must match TraceGraph's downstream cost, shape (S, B) with particles
         nn_input = x.expand(num_samples, *x.shape) if num_samples > 1 else x
         guide = ScoreFunctionMessenger(baseline=kind, nn_baseline=nn_baseline,
@@ -375,7 +377,7 @@ def svi_objective(
         return StickingTheLandingMessenger()(vae.guide), Trace_ELBO(**kwargs)
     if kl == "analytic":
         raise ConfigError("Pyro has no score-function ELBO with an analytic KL; use kl='mc'")
-    kind = {"score": None, "score-avg": "avg", "score-nn": "nn"}[estimator]
+    kind = BASELINE_KIND[estimator]
     net = NeuralBaseline(vae.event_shape, offset=baseline_offset) if kind == "nn" else None
     if net is not None:
         net.to(next(vae.encoder.parameters()).device)

@@ -33,6 +33,7 @@ import torch
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.estimators import (
+    BASELINE_KIND,
     KL_MODES,
     SCORE_FAMILY,
     BaselineState,
@@ -119,7 +120,7 @@ def measure_estimator(
     modes = {n: m.training for n, m in vae.modules().items()}
     vae.eval()
     y = y if vae.conditional else None
-    kind = {"score-avg": "avg", "score-nn": "nn"}.get(estimator)
+    kind = BASELINE_KIND.get(estimator)
     offset = mean_integrand(vae, x, y, kl) if kind == "nn" else 0.0
     state = BaselineState(kind, x, offset=offset) if implementation == "explicit" else None
     nn_baseline, nn_optim = None, None
