@@ -74,7 +74,8 @@ def test_every_estimator_is_unbiased_on_a_linear_gaussian_vae(estimator, kl):
     vae.encoder.A.data *= 0.7
     x = marginal.sample((6,))
     exact = exact_linear_gaussian_gradients(vae, x)
-    res = measure_estimator(vae, x, None, estimator, kl, num_samples=4, repeats=3000)
+    res = measure_estimator(vae, x, None, estimator, kl, num_samples=4, repeats=3000,
+                            warmup=100)
     for group in ("encoder", "decoder"):
         z = (res.mean_gradient[group] - exact[group]) / res.stderr_gradient[group].clamp_min(1e-9)
         assert float(z.abs().max()) < 4.5, (group, z)
