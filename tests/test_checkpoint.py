@@ -78,4 +78,4 @@ def test_loaded_run_reproduces_the_trained_models_outputs(run_dir):
     # the learned obs_scale came back into the param store
     import pyro
 
-    assert float(pyro.param("obs_scale")) == pytest.approx(run.history[-1]["obs_scale"])
+    assert float(pyro.param("obs_scale").detach()) == pytest.approx(run.history[-1]["obs_scale"])
