@@ -55,12 +55,13 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.infer import Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
+from pyro.infer import TraceGraph_ELBO
 from pyro.poutine.messenger import Messenger
 from torch import nn
 from torch.distributions import kl_divergence
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.objectives import make_elbo, particle_options
 from pyro_vae.sites import LATENT_SITE
 from pyro_vae.vae import VAE
 
@@ -298,25 +299,39 @@ def pyro_loss(
     the baseline network).
     """
     check_estimator(estimator, kl)
+    if estimator in SCORE_FAMILY:
+        _check_pyro_supports(estimator, kl)
+        guide = _score_function_guide(vae, BASELINE_KIND[estimator], nn_baseline, num_samples,
+                                      register=False)  # the lab trains the baseline itself
+        elbo = TraceGraph_ELBO(**particle_options(num_samples))
+        return _tracegraph_surrogate(elbo, vae.model, guide, x, y) / x.shape[0]
+    guide, elbo = svi_objective(vae, estimator, kl, num_samples)
+    return elbo.differentiable_loss(vae.model, guide, x, y) / x.shape[0]
+
+
+def _check_pyro_supports(estimator: str, kl: str) -> None:
     if estimator in SCORE_FAMILY and kl == "analytic":
         raise ConfigError("Pyro has no score-function ELBO with an analytic KL "
-                          "(TraceMeanField_ELBO needs reparameterized sites); use the explicit "
-                          "implementation for this combination")
-    kwargs = dict(num_particles=num_samples, vectorize_particles=num_samples > 1,
-                  max_plate_nesting=1)
-    guide = vae.guide
-    if estimator in SCORE_FAMILY:
-        kind = BASELINE_KIND[estimator]
-        # the baseline must match TraceGraph's downstream cost, shape (S, B) with particles
-        nn_input = x.expand(num_samples, *x.shape) if num_samples > 1 else x
-        guide = ScoreFunctionMessenger(baseline=kind, nn_baseline=nn_baseline,
-                                       nn_baseline_input=nn_input)(vae.guide)
-        surrogate = _tracegraph_surrogate(TraceGraph_ELBO(**kwargs), vae.model, guide, x, y)
-        return surrogate / x.shape[0]
-    if estimator == "stl" and kl == "mc":
-        guide = StickingTheLandingMessenger()(vae.guide)
-    elbo = TraceMeanField_ELBO(**kwargs) if kl == "analytic" else Trace_ELBO(**kwargs)
-    return elbo.differentiable_loss(vae.model, guide, x, y) / x.shape[0]
+                          "(TraceMeanField_ELBO needs reparameterized sites); use kl='mc', or "
+                          "the explicit implementation for this combination")
+
+
+def _score_function_guide(
+    vae: VAE, kind: str | None, net: nn.Module | None, num_particles: int, register: bool
+) -> Callable[..., Any]:
+    """The VAE's guide under :class:`ScoreFunctionMessenger`. The network baseline must match
+    TraceGraph's downstream cost, shape (S, B) with S vectorized particles, so its input is
+    expanded; ``register`` makes it a ``pyro.module`` that SVI trains."""
+
+    def guide(x, y=None, indices=None, beta=1.0):
+        if register and net is not None:
+            pyro.module("baseline", net)
+        nn_input = x.expand(num_particles, *x.shape) if num_particles > 1 else x
+        handler = ScoreFunctionMessenger(baseline=kind, nn_baseline=net,
+                                         nn_baseline_input=nn_input)
+        return handler(vae.guide)(x, y, indices, beta)
+
+    return guide
 
 
 def _tracegraph_surrogate(elbo: TraceGraph_ELBO, model, guide, *args) -> torch.Tensor:
@@ -367,27 +382,15 @@ def svi_objective(
     so ``baseline_offset`` (the network's starting output) should be about N/B · E_q[f].
     """
     check_estimator(estimator, kl)
-    kwargs = dict(num_particles=num_particles, vectorize_particles=num_particles > 1,
-                  max_plate_nesting=1)
-    if estimator == "reparam":
-        return vae.guide, (TraceMeanField_ELBO if kl == "analytic" else Trace_ELBO)(**kwargs)
+    _check_pyro_supports(estimator, kl)
+    if estimator == "reparam" or (estimator == "stl" and kl == "analytic"):
+        # with an analytic KL there is no sampled log q: STL is the reparameterized estimator
+        return vae.guide, make_elbo("meanfield" if kl == "analytic" else "trace", num_particles)
     if estimator == "stl":
-        if kl == "analytic":
-            return vae.guide, TraceMeanField_ELBO(**kwargs)  # STL = reparam with analytic KL
-        return StickingTheLandingMessenger()(vae.guide), Trace_ELBO(**kwargs)
-    if kl == "analytic":
-        raise ConfigError("Pyro has no score-function ELBO with an analytic KL; use kl='mc'")
+        return StickingTheLandingMessenger()(vae.guide), make_elbo("trace", num_particles)
     kind = BASELINE_KIND[estimator]
     net = NeuralBaseline(vae.event_shape, offset=baseline_offset) if kind == "nn" else None
     if net is not None:
         net.to(next(vae.encoder.parameters()).device)
-
-    def guide(x, y=None, indices=None, beta=1.0):
-        if net is not None:
-            pyro.module("baseline", net)
-        nn_input = x.expand(num_particles, *x.shape) if num_particles > 1 else x
-        handler = ScoreFunctionMessenger(baseline=kind, nn_baseline=net,
-                                         nn_baseline_input=nn_input)
-        return handler(vae.guide)(x, y, indices, beta)
-
-    return guide, TraceGraph_ELBO(**kwargs)
+    return (_score_function_guide(vae, kind, net, num_particles, register=True),
+            TraceGraph_ELBO(**particle_options(num_particles)))

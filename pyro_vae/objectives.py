@@ -58,13 +58,16 @@ class FixedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):  # noqa: N801 (Pyro's
         return self._differentiable_loss(*args, **kwargs)
 
 
-def make_elbo(kind: str = "trace", num_particles: int = 1, jit: bool = False) -> ELBO:
-    """Build the ELBO named ``kind`` (``"trace"`` or ``"meanfield"``).
+def particle_options(num_particles: int) -> dict:
+    """Options every pyro-vae ELBO shares: particles vectorized over a particle plate, and
+    ``max_plate_nesting=1`` (the only plate of a pyro-vae model is ``"data"``)."""
+    return dict(num_particles=num_particles, vectorize_particles=num_particles > 1,
+                max_plate_nesting=1)
 
-    ``max_plate_nesting=1``: the only plate of a pyro-vae model is ``"data"``.
-    """
-    kwargs = dict(num_particles=num_particles, vectorize_particles=num_particles > 1,
-                  max_plate_nesting=1)
+
+def make_elbo(kind: str = "trace", num_particles: int = 1, jit: bool = False) -> ELBO:
+    """Build the ELBO named ``kind`` (``"trace"`` or ``"meanfield"``)."""
+    kwargs = particle_options(num_particles)
     if kind == "trace":
         cls = JitTrace_ELBO if jit else Trace_ELBO
     elif kind == "meanfield":

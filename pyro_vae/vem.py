@@ -46,11 +46,11 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch.distributions import constraints, kl_divergence
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation import evaluating, iwae_log_likelihood
+from pyro_vae.objectives import make_elbo
 from pyro_vae.sites import LATENT_SITE
 from pyro_vae.vae import VAE
 
@@ -137,9 +137,8 @@ class VariationalEM:
             raise ConfigError(f"unknown vEM mode {self.mode!r}; use alternating or joint")
         self.vae.num_data = self.num_data
         self.local = LocalGuide(self.vae, self.num_data)
-        cls = TraceMeanField_ELBO if self.kl == "analytic" else Trace_ELBO
-        self.elbo = cls(num_particles=self.num_particles,
-                        vectorize_particles=self.num_particles > 1, max_plate_nesting=1)
+        self.elbo = make_elbo("meanfield" if self.kl == "analytic" else "trace",
+                              self.num_particles)
         self._model, self._guide = self.vae.model, self.local.guide
         self._e_optim: RowAdam | None = None
         self._m_optim: torch.optim.Optimizer | None = None
