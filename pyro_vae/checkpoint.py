@@ -10,7 +10,7 @@ A checkpoint is a dict of tensors and plain Python values (loadable with
 ``epoch``           epochs completed; ``global_step`` optimization steps taken
 ``modules``         ``state_dict()`` of the encoder and decoder (weights and buffers)
 ``params``          the other ``pyro.param`` values (unconstrained), e.g. ``obs_scale``
-``optimizer``       ``pyro.optim`` state per parameter name (Adam moments, LR scheduler)
+``optimizer``       names of the trained tensors, torch optimizer and LR-scheduler state
 ``rng``             torch (and CUDA), Python and NumPy generator states
 ``history``         the metrics of every completed epoch
 ==================  ========================================================================
@@ -35,7 +35,7 @@ import torch
 from pyro_vae.errors import CheckpointError
 
 FORMAT = "pyro-vae-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CHECKPOINT_NAME = "checkpoint.pt"
 
 

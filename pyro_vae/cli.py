@@ -20,6 +20,7 @@ from pyro_vae.config import (
     KL_SCHEDULES,
     LR_SCHEDULES,
     OPTIMIZERS,
+    STRATEGIES,
     Config,
     parse_hidden,
 )
@@ -89,7 +90,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     i.add_argument("--elbo", default="trace", choices=ELBOS,
                    help="trace: Trace_ELBO (Monte Carlo KL); meanfield: TraceMeanField_ELBO "
                    "(analytic KL) (default trace)")
-    i.add_argument("--jit", action="store_true", help="use the JIT-compiled ELBO")
+    i.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True,
+                   help="JIT-compile the ELBO (default; measured faster on CPU: "
+                        "BENCHMARKS.md); --no-jit runs Pyro's ELBO in eager mode")
     i.add_argument("--num-particles", type=_int, default=1,
                    help="samples of z per data point per step, vectorized (default 1)")
     i.add_argument("--optimizer", default="adam", choices=OPTIMIZERS,
@@ -116,6 +119,13 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--batch-size", type=_int, help="mini-batch size")
     r.add_argument("--seed", type=_int, default=0, help="random seed of the run (default 0)")
     r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    r.add_argument("--strategy", default="single", choices=STRATEGIES,
+                   help="single: the library's trainer (default); ddp: PyTorch Lightning "
+                        "data-parallel training (needs pyro-vae[lightning])")
+    r.add_argument("--devices", type=_int, default=1,
+                   help="workers per node for --strategy ddp: CPU processes or GPUs")
+    r.add_argument("--num-nodes", type=_int, default=1,
+                   help="machines for --strategy ddp (launch one command per node)")
     r.add_argument("--eval-samples", type=_int, default=1,
                    help="samples of z for the per-epoch test ELBO (default 1)")
     r.add_argument("--checkpoint-every", type=_int, default=1,
@@ -154,6 +164,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     result = train_run(config, out, resume=args.resume, progress=not args.no_progress,
                        figures=not args.no_figures)
+    if result is None:  # a data-parallel worker other than the first: it writes nothing
+        return 0
     last = result.history[-1] if result.history else {}
     print(f"run folder: {out}  ({time.perf_counter() - start:.1f} s)")
     if last:

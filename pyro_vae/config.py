@@ -23,6 +23,7 @@ OPTIMIZERS = ("adam", "clipped-adam")
 LR_SCHEDULES = ("constant", "exponential", "cosine")
 KL_SCHEDULES = ("constant", "linear", "cyclical")
 ARCHS = ("mlp", "conv")
+STRATEGIES = ("single", "ddp")
 BINARIZE = ("none", "dynamic", "threshold")
 
 #: Per-data-set defaults for options left unset. ``digits`` (the default data) trains in about a
@@ -72,7 +73,7 @@ class Config:
     conditional: bool = False
     # inference
     elbo: str = "trace"
-    jit: bool = False
+    jit: bool = True
     num_particles: int = 1
     optimizer: str = "adam"
     lr: float | None = None
@@ -89,6 +90,9 @@ class Config:
     batch_size: int | None = None
     seed: int = 0
     device: str = "cpu"
+    strategy: str = "single"
+    devices: int = 1
+    num_nodes: int = 1
     eval_samples: int = 1
     checkpoint_every: int = 1
     skip_nonfinite: bool = False
@@ -133,6 +137,11 @@ class Config:
         _choice("likelihood", self.likelihood, LIKELIHOODS)
         _choice("elbo", self.elbo, ELBOS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("strategy", self.strategy, STRATEGIES)
+        _positive_int("devices", self.devices)
+        _positive_int("num-nodes", self.num_nodes)
+        if self.strategy == "single" and (self.devices > 1 or self.num_nodes > 1):
+            raise ConfigError("--devices / --num-nodes above 1 need --strategy ddp")
         _choice("lr-schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("kl-schedule", self.kl_schedule, KL_SCHEDULES)
         _choice("arch", self.arch, ARCHS)

@@ -5,14 +5,28 @@ indexing a random permutation; the batch's indices go to the ``"data"`` plate so
 step's loss estimates ``-ELBO`` of the whole training set (scale N/B). Every step it evaluates
 the KL schedule β(t) and passes it to model and guide.
 
-One step is :class:`GuardedSVI`'s: ``pyro.infer.SVI.step`` (``loss_and_grads`` then the
-``pyro.optim`` update) with a check in between, so a NaN or infinite loss or gradient never
-reaches the parameters: the run stops with :class:`TrainingDivergedError` naming the epoch and
-step, or, with ``skip_nonfinite``, the step is skipped and counted.
+One step is what ``pyro.infer.SVI.step`` does, driven more cheaply:
+
+1. ``loss = elbo.differentiable_loss(model, guide, x, y, indices, β)``: Pyro's own ELBO
+   (``Trace_ELBO``, ``TraceMeanField_ELBO`` or their JIT versions) on the unchanged ``model``
+   and ``guide``, returning the surrogate whose gradient is the ELBO gradient estimate;
+2. ``loss.backward()``;
+3. a finiteness check of the loss and of the gradients' total norm: a NaN or infinite value
+   never reaches the parameters (the run stops with :class:`TrainingDivergedError` naming the
+   epoch and step or, with ``skip_nonfinite``, the step is skipped and counted);
+4. one ``torch.optim`` optimizer step over every trainable tensor (network weights and the
+   unconstrained ``pyro.param`` values) at once.
+
+Distribution and trace validation (``pyro.enable_validation``) runs on the first step of a
+trainer, which checks every site's arguments and support once; later steps run with it off,
+since the same code meets tensors of the same kind. Training ``vae.model`` / ``vae.guide``
+with ``pyro.infer.SVI`` directly gives the same updates, only slower
+(``benchmarks/train_speed.py`` measures both against hand-written PyTorch).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any
@@ -20,8 +34,6 @@ from typing import Any
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import SVI
-from pyro.infer.util import zero_grads
 from torch.distributions import constraints
 
 from pyro_vae.annealing import KLSchedule
@@ -40,33 +52,40 @@ TRAIN_EVAL_POINTS = 10000
 
 
 class NonFiniteStepError(Exception):
-    """Raised by :class:`GuardedSVI` when a loss or gradient is NaN or infinite."""
+    """A step's loss or gradient was NaN or infinite; ``args[0]`` is the loss."""
 
 
-class GuardedSVI(SVI):
-    """``SVI`` whose ``step`` refuses to apply a non-finite loss or gradient."""
+def all_finite(loss: float, grads: list[torch.Tensor]) -> bool:
+    """True when ``loss`` and every gradient entry are finite (one reduction over all of them:
+    the total 2-norm is finite exactly when every entry is, short of overflow past 3e38)."""
+    if not math.isfinite(loss):
+        return False
+    return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
 
-    def step(self, *args: Any, **kwargs: Any) -> float:
-        with poutine.trace(param_only=True) as param_capture:
-            try:
-                loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
-            except ValueError as exc:
-                # Distribution validation rejects NaN/inf parameters (e.g. logits of a decoder
-                # whose weights diverged, or an overflowing encoder scale): a divergence.
-                if "invalid values" not in str(exc):
-                    raise
-                loss = float("nan")
-        params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
-        grads = [p.grad for p in params if p.grad is not None]
-        finite = math.isfinite(loss) and (
-            not grads or bool(torch.isfinite(torch.stack([g.abs().sum() for g in grads])).all())
-        )
-        if not finite:
-            zero_grads(params)
-            raise NonFiniteStepError(loss)
-        self.optim(params)
-        zero_grads(params)
-        return float(loss)
+
+def trainable_params(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None
+                     ) -> dict[str, torch.Tensor]:
+    """Every tensor SVI on ``vae`` trains, by param-store name, in a fixed (sorted) order.
+
+    Runs guide and model once on the few points ``x`` (labels ``y`` for a conditional VAE), so
+    that ``pyro.module`` registers the networks and each ``pyro.param`` is created; the random
+    state is restored after, the networks are in eval mode (batch-norm statistics untouched) and
+    no graph is built. For constrained params the tensor is the unconstrained one, as ``SVI``
+    optimizes it.
+    """
+    idx = torch.arange(x.shape[0], device=x.device)
+    devices = [x.device] if x.device.type == "cuda" else []
+    was_training = vae.encoder.training
+    vae.eval()
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), \
+                poutine.trace(param_only=True) as capture:
+            vae.guide(x, y, idx)
+            vae.model(x, y, idx)
+    finally:
+        vae.train(was_training)
+    found = {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
+    return dict(sorted(found.items()))
 
 
 def binarize(x: torch.Tensor) -> torch.Tensor:
@@ -90,10 +109,12 @@ class Trainer:
         pyro.clear_param_store()
         self.vae: VAE = build_vae(config, data.event_shape, num_data=data.x_train.shape[0],
                                   num_classes=data.num_classes).to(self.device)
-        self.optim = build_optimizer(config)
         self.elbo = make_elbo(config.elbo, config.num_particles, config.jit)
-        model, guide = self._programs()
-        self.svi = GuardedSVI(model, guide, self.optim, loss=self.elbo)
+        self.model, self.guide = self._programs()
+        self.params = self._discover_params()
+        self.optimizer, self.scheduler = build_optimizer(config, self.params.values())
+        self._validated = False
+        self._compiled: set[int] = set()  # batch sizes the JIT ELBO is compiled for
         n = data.x_train.shape[0]
         self.steps_per_epoch = math.ceil(n / config.batch_size)
         total = self.steps_per_epoch * max(1, config.epochs)
@@ -126,6 +147,59 @@ class Trainer:
             def guide(x, indices, beta, batch_size=None):
                 return vae.guide(x, None, indices, beta)
         return model, guide
+
+    def _discover_params(self) -> dict[str, torch.Tensor]:
+        y = self.data.y_train[:2] if self.vae.conditional else None
+        return trainable_params(self.vae, self.data.x_train[:2], y)
+
+    def _loss(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        if not self.config.jit:
+            return self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
+        # Run the traced graph op by op, so that autograd differentiates it as in eager mode:
+        # on CPU that is faster than the graph executor's own symbolic autodiff.
+        with torch.jit.optimized_execution(False):
+            return self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
+
+    def _compile(self, args: tuple, kwargs: dict) -> None:
+        """Compile the JIT ELBO for this batch size ahead of the real step, with the random
+        state and the networks' buffers (batch-norm statistics) restored afterwards: compiling
+        runs model and guide several times, and a resumed run, which compiles again, must draw
+        the same numbers as an uninterrupted one."""
+        buffers = [b for m in self.vae.modules().values() for b in m.buffers()]
+        saved = [b.clone() for b in buffers]
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            self._loss(args, kwargs)
+        with torch.no_grad():
+            for b, v in zip(buffers, saved, strict=True):
+                b.copy_(v)
+        self._compiled.add(kwargs["batch_size"])
+
+    def _step(self, args: tuple, kwargs: dict) -> float:
+        """One optimization step on a mini-batch; returns the loss (-ELBO estimate, scaled to
+        the full data set). Raises :class:`NonFiniteStepError` without touching parameters."""
+        checking = contextlib.nullcontext() if not self._validated \
+            else pyro.validation_enabled(False)
+        with checking:
+            try:
+                if self.config.jit and kwargs["batch_size"] not in self._compiled:
+                    self._compile(args, kwargs)
+                loss = self._loss(args, kwargs)
+            except ValueError as exc:
+                # Distribution validation rejects NaN/inf parameters (e.g. logits of a decoder
+                # whose weights diverged, or an overflowing encoder scale): a divergence.
+                if "invalid values" not in str(exc):
+                    raise
+                raise NonFiniteStepError(float("nan")) from None
+        self._validated = True
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        value = float(loss.detach())
+        if not all_finite(value, [p.grad for p in self.params.values() if p.grad is not None]):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteStepError(value)
+        self.optimizer.step()
+        return value
 
     def _step_args(self, x, y, idx, beta: float) -> tuple[tuple, dict]:
         if not self.config.jit:
@@ -160,7 +234,7 @@ class Trainer:
             beta = self.kl_schedule(self.global_step)
             args, kwargs = self._step_args(x, y if self.vae.conditional else None, idx, beta)
             try:
-                loss = self.svi.step(*args, **kwargs)
+                loss = self._step(args, kwargs)
             except NonFiniteStepError as bad:
                 if not cfg.skip_nonfinite:
                     raise TrainingDivergedError(
@@ -176,8 +250,8 @@ class Trainer:
                 points += x.shape[0]
             self.global_step += 1
         train_seconds = time.perf_counter() - start
-        if cfg.lr_schedule != "constant":
-            self.optim.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
         self.epoch += 1
         metrics: dict[str, Any] = {
             "epoch": self.epoch,
@@ -207,10 +281,7 @@ class Trainer:
         return out
 
     def current_lr(self) -> float:
-        for opt in self.optim.optim_objs.values():
-            inner = getattr(opt, "optimizer", opt)
-            return float(inner.param_groups[0]["lr"])
-        return float(self.config.lr)
+        return float(self.optimizer.param_groups[0]["lr"])
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -227,7 +298,11 @@ class Trainer:
             "global_step": self.global_step,
             "modules": {name: m.state_dict() for name, m in self.vae.modules().items()},
             "params": params,
-            "optimizer": self.optim.get_state(),
+            "optimizer": {
+                "params": list(self.params),
+                "state": self.optimizer.state_dict(),
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            },
             "rng": get_rng_state(),
             "history": self.history,
         }
@@ -235,7 +310,20 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore networks, params, optimizer, RNG and history from a checkpoint."""
         restore_model_state(self.vae, state)
-        self.optim.set_state(state["optimizer"])
+        # the param store now holds new tensors for the restored pyro.params: re-collect
+        # them and rebuild the optimizer over them before loading its saved state
+        self.params = self._discover_params()
+        saved = state["optimizer"]
+        if saved["params"] != list(self.params):
+            raise CheckpointError(
+                f"the checkpoint's optimizer trains {saved['params']}, this model "
+                f"{list(self.params)}: it was written for another configuration; use the same "
+                "options, or train afresh"
+            )
+        self.optimizer, self.scheduler = build_optimizer(self.config, self.params.values())
+        self.optimizer.load_state_dict(saved["state"])
+        if self.scheduler is not None and saved["scheduler"] is not None:
+            self.scheduler.load_state_dict(saved["scheduler"])
         set_rng_state(state["rng"])
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])

@@ -102,9 +102,12 @@ class VAE:
                 "this is a conditional VAE: pass the labels y (integers in "
                 f"[0, {self.num_classes})) along with x"
             )
+        if y.is_floating_point() and y.shape == (batch, self.num_classes):
+            return y  # rows of class weights, e.g. to interpolate between two classes
         if y.shape != (batch,):
             raise DataError(
-                f"labels y must have shape ({batch},) to match the data, got {tuple(y.shape)}"
+                f"labels y must have shape ({batch},) to match the data (or ({batch}, "
+                f"{self.num_classes}) rows of class weights), got {tuple(y.shape)}"
             )
         return F.one_hot(y.long(), self.num_classes).float()
 
@@ -146,8 +149,9 @@ class VAE:
         else:
             out = self.decoder(flat)
         k = self.likelihood.num_params
-        out = out.reshape(*lead, k, *self.event_shape)
-        return out.unbind(len(lead))
+        if k == 1:  # a plain view: its backward copies nothing (unbind's would stack)
+            return (out.reshape(*lead, *self.event_shape),)
+        return out.reshape(*lead, k, *self.event_shape).unbind(len(lead))
 
     def observation_distribution(
         self, z: torch.Tensor, y: torch.Tensor | None = None
@@ -186,7 +190,8 @@ class VAE:
 
         :param x: a batch of data, shape ``(B, *event_shape)``, or ``None`` to generate (one
             point, or one per label in ``y``; ``Predictive(num_samples=S)`` draws S of them).
-        :param y: labels, shape ``(B,)`` (conditional VAE only).
+        :param y: labels, shape ``(B,)`` (conditional VAE only); ``decode_mean`` and
+            ``observation_distribution`` also take rows of class weights, shape ``(B, C)``.
         :param indices: positions of the batch in the full data set (``plate`` subsample);
             ``None`` scales the batch to ``num_data`` with ``subsample_size=B``.
         :param beta: KL weight β applied with ``poutine.scale`` at site ``"z"``.
