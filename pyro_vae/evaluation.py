@@ -44,6 +44,9 @@ class Estimate:
         se = float(v.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
         return cls(float(v.mean()), se, n)
 
+    def __str__(self) -> str:
+        return f"{self.mean:.3f} ± {self.stderr:.3f}"
+
     def to_dict(self) -> dict[str, float]:
         return {"mean": self.mean, "stderr": self.stderr, "n": self.n}
 

@@ -142,9 +142,12 @@ def _check_resumable(saved: dict[str, Any], config: Config, path: Path) -> None:
 
 @dataclass
 class RunResult:
+    """A finished run: its folder, per-epoch metrics, and the trainer (``None`` for a
+    ``--strategy ddp`` run, whose model :func:`load_run` rebuilds from the folder)."""
+
     run_dir: Path
     history: list[dict[str, Any]]
-    trainer: Trainer
+    trainer: Trainer | None
 
 
 def train_run(
@@ -154,7 +157,7 @@ def train_run(
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     figures: bool = True,
-) -> RunResult:
+) -> RunResult | None:
     """Train ``config`` into ``run_dir``, checkpointing every ``checkpoint_every`` epochs.
 
     With ``resume``, continue from ``run_dir/checkpoint.pt`` (same configuration except
@@ -173,6 +176,8 @@ def train_run(
         raise ConfigError(f"{run_dir} already holds a trained run; pass --resume to continue it "
                           "or choose another --out")
     data = prepare_data(config)
+    if config.strategy != "single":
+        return _train_distributed_run(config, run_dir, data, resume, progress, figures)
     pyro.set_rng_seed(config.seed)
     trainer = Trainer(config, data, device)
     if state is not None:
@@ -221,6 +226,26 @@ def train_run(
 
         make_figures(trainer.vae, data, trainer.history, run_dir / "figures")
     return RunResult(run_dir, trainer.history, trainer)
+
+
+def _train_distributed_run(config: Config, run_dir: Path, data: DataSet, resume: bool,
+                           progress: bool, figures: bool) -> RunResult | None:
+    from pyro_vae.distributed import train_distributed
+
+    if resume:
+        raise ConfigError("--resume continues runs of the single-process trainer; a --strategy "
+                          "ddp run is trained in one go (its checkpoint still evaluates, "
+                          "samples and plots as usual)")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"{run_dir} is not empty; choose another --out")
+    if train_distributed(config, run_dir, data, progress) is None:
+        return None
+    run = load_run(run_dir, device=config.device, load_data=False)
+    if figures:
+        from pyro_vae.plots import make_figures
+
+        make_figures(run.vae, data.to(run.device), run.history, run_dir / "figures")
+    return RunResult(run_dir, run.history, None)
 
 
 def _main_thread() -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_celeba_files
 from PIL import Image
 
 from pyro_vae import DataError, load_dataset
@@ -86,26 +87,6 @@ def test_truncated_idx_file_is_reported(tmp_path):
     f.write_bytes(f.read_bytes()[:500])
     with pytest.raises(DataError, match="cannot be read"):
         load_torchvision_mnist("mnist", tmp_path)
-
-
-def make_celeba_files(root: Path, n: int = 6) -> None:
-    base = root / "celeba"
-    (base / "img_align_celeba").mkdir(parents=True)
-    names = [f"{i:06d}.jpg" for i in range(1, n + 1)]
-    rng = np.random.default_rng(0)
-    for name in names:
-        Image.fromarray(rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)).save(
-            base / "img_align_celeba" / name)
-    parts = [0, 0, 0, 1, 2, 2]
-    (base / "list_eval_partition.txt").write_text(
-        "".join(f"{nm} {p}\n" for nm, p in zip(names, parts, strict=True)))
-    (base / "identity_CelebA.txt").write_text("".join(f"{nm} 1\n" for nm in names))
-    (base / "list_attr_celeba.txt").write_text(
-        f"{n}\nSmiling Young\n" + "".join(f"{nm} 1 -1\n" for nm in names))
-    (base / "list_bbox_celeba.txt").write_text(
-        f"{n}\nimage_id x_1 y_1 width height\n" + "".join(f"{nm} 1 2 3 4\n" for nm in names))
-    (base / "list_landmarks_align_celeba.txt").write_text(
-        f"{n}\nlefteye_x lefteye_y\n" + "".join(f"{nm} 1 2\n" for nm in names))
 
 
 def test_celeba_loader_reads_local_files_through_torchvision(tmp_path, monkeypatch):

@@ -1,0 +1,208 @@
+"""Data-parallel training of the same ``model`` / ``guide`` on PyTorch Lightning.
+
+This is Pyro's own recipe (``examples/svi_lightning.py``) for a VAE: a ``LightningModule`` whose
+``training_step`` returns ``elbo.differentiable_loss(vae.model, vae.guide, x, y, indices, β)``;
+Lightning's ``DistributedSampler`` gives each of the W workers a different 1/W of every epoch's
+shuffled indices, and DDP averages the workers' gradients.
+
+Why the gradient is right: every worker's mini-batch of B indices goes to the ``"data"`` plate
+with ``size=N`` (the full data set), so its loss is scaled by N/B and its gradient g_w is an
+unbiased estimate of ∇ELBO of the whole data set. DDP applies the average (1/W) Σ_w g_w, again
+unbiased for the same gradient, with the variance of one step on W·B points. The ELBO that is
+logged and evaluated is that of the full training / test set.
+
+Only network weights are DDP parameters; ``pyro.param`` values (a learned σ) live in Pyro's
+param store, so their gradients are all-reduced here after each backward pass.
+
+A finished run is written in the library's own format (``checkpoint.pt``, ``metrics.csv``,
+``config.json``), so ``pyro-vae evaluate / sample / plot`` work on it unchanged;
+``distributed.json`` adds the number of workers, the throughput, and the largest difference
+between any two workers' final parameters (0 when they are in sync).
+
+Needs the optional extra: ``pip install "pyro-vae[lightning]"``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+
+from pyro_vae.annealing import KLSchedule
+from pyro_vae.checkpoint import CHECKPOINT_NAME, get_rng_state, save_checkpoint
+from pyro_vae.config import Config
+from pyro_vae.data import DataSet
+from pyro_vae.errors import ConfigError
+from pyro_vae.evaluation import evaluate_elbo
+from pyro_vae.factory import build_optimizer, build_vae
+from pyro_vae.objectives import make_elbo
+from pyro_vae.sites import OBS_SCALE_PARAM
+from pyro_vae.training import TRAIN_EVAL_POINTS, trainable_params
+
+try:
+    import lightning as L
+except ImportError:  # pragma: no cover - exercised only without the extra
+    L = None
+
+
+def _require_lightning() -> None:
+    if L is None:
+        raise ConfigError("--strategy ddp needs PyTorch Lightning: pip install "
+                          "'pyro-vae[lightning]' (or pip install lightning)")
+
+
+_LightningModule = L.LightningModule if L is not None else torch.nn.Module
+
+
+class VAELightningModule(_LightningModule):
+    """The VAE's networks as submodules (so DDP syncs them) and Pyro's ELBO as the loss."""
+
+    def __init__(self, config: Config, data: DataSet) -> None:
+        super().__init__()
+        self.config = config
+        self.data = data
+        n = data.x_train.shape[0]
+        self.vae = build_vae(config, data.event_shape, num_data=n, num_classes=data.num_classes)
+        self.encoder, self.decoder = self.vae.encoder, self.vae.decoder
+        y = data.y_train[:2] if self.vae.conditional else None
+        pyro.clear_param_store()
+        self.trained = trainable_params(self.vae, data.x_train[:2], y)
+        module_tensors = {id(p) for p in self.parameters()}
+        self.pyro_params = [t for t in self.trained.values() if id(t) not in module_tensors]
+        self.elbo = make_elbo(config.elbo, config.num_particles, jit=False)
+        steps = math.ceil(n / config.batch_size)
+        self.kl_schedule = KLSchedule(config.kl_schedule, config.beta,
+                                      warmup_steps=config.warmup_epochs * steps,
+                                      total_steps=steps * config.epochs, cycles=config.cycles,
+                                      ramp=config.cycle_ramp)
+        self.history: list[dict[str, Any]] = []
+        self._epoch_start = 0.0
+        self._epoch_loss: list[float] = []
+
+    def on_train_start(self) -> None:
+        # identical initial weights everywhere (same seed), different noise per worker
+        torch.manual_seed(self.config.seed + 1000 * self.global_rank)
+        self.data = self.data.to(self.device)
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start = time.perf_counter()
+        self._epoch_loss = []
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        (idx,) = batch
+        x = self.data.x_train[idx]
+        if self.config.binarize == "dynamic":
+            x = torch.bernoulli(x)
+        y = self.data.y_train[idx] if self.vae.conditional else None
+        beta = self.kl_schedule(self.global_step)
+        loss = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, y, idx, beta)
+        self._epoch_loss.append(float(loss.detach()) / self.data.x_train.shape[0])
+        return loss
+
+    def on_after_backward(self) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world = torch.distributed.get_world_size()
+            for p in self.pyro_params:
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= world
+
+    def on_train_epoch_end(self) -> None:
+        seconds = time.perf_counter() - self._epoch_start
+        metrics: dict[str, Any] = {
+            "epoch": self.current_epoch + 1, "seconds": seconds,
+            "train_loss": sum(self._epoch_loss) / max(1, len(self._epoch_loss)),
+            "beta": self.kl_schedule(self.global_step - 1), "skipped_steps": 0,
+            "lr": float(self.trainer.optimizers[0].param_groups[0]["lr"]),
+        }
+        y_test = self.data.y_test if self.vae.conditional else None
+        y_train = self.data.y_train[:TRAIN_EVAL_POINTS] if self.vae.conditional else None
+        for split, x, y in (("train", self.data.x_train[:TRAIN_EVAL_POINTS], y_train),
+                            ("test", self.data.x_test, y_test)):
+            for key, est in evaluate_elbo(self.vae, x, y, self.config.eval_samples).items():
+                metrics[f"{split}_{key}"], metrics[f"{split}_{key}_se"] = est.mean, est.stderr
+        if OBS_SCALE_PARAM in pyro.get_param_store():
+            metrics["obs_scale"] = float(pyro.param(OBS_SCALE_PARAM).detach())
+        self.history.append(metrics)
+
+    def configure_optimizers(self):
+        optimizer, scheduler = build_optimizer(self.config, self.trained.values())
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
+                                                         "interval": "epoch"}}
+
+    def flat_parameters(self) -> torch.Tensor:
+        return torch.cat([t.detach().reshape(-1) for t in self.trained.values()])
+
+
+def train_distributed(config: Config, run_dir: str | Path, data: DataSet,
+                      progress: bool = True) -> dict[str, Any] | None:
+    """Train with ``config.strategy`` on ``config.devices`` × ``config.num_nodes`` workers.
+
+    Returns the summary written to ``distributed.json`` on the global-zero worker, ``None`` on
+    the others (which write nothing).
+    """
+    _require_lightning()
+    run_dir = Path(run_dir)
+    L.seed_everything(config.seed, verbose=False)
+    module = VAELightningModule(config, data)
+    accelerator = "gpu" if config.device.startswith("cuda") else "cpu"
+    trainer = L.Trainer(
+        accelerator=accelerator, devices=config.devices, num_nodes=config.num_nodes,
+        strategy=config.strategy, max_epochs=config.epochs, logger=False,
+        enable_checkpointing=False, enable_model_summary=False,
+        enable_progress_bar=progress,
+        use_distributed_sampler=True, num_sanity_val_steps=0,
+    )
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.arange(data.x_train.shape[0])),
+        batch_size=config.batch_size, shuffle=True)
+    start = time.perf_counter()
+    trainer.fit(module, loader)
+    seconds = time.perf_counter() - start
+    flat = module.flat_parameters()
+    spread = 0.0
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gathered = [torch.empty_like(flat) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(gathered, flat)
+        spread = max(float((g - gathered[0]).abs().max()) for g in gathered)
+    if not trainer.is_global_zero:
+        return None
+
+    from pyro_vae.runs import _write_json, environment, write_metrics
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    optimizer = trainer.optimizers[0]
+    state = {
+        "config": config.to_dict(),
+        "data": {"event_shape": list(module.vae.event_shape),
+                 "num_data": int(data.x_train.shape[0]), "num_classes": data.num_classes},
+        "epoch": config.epochs, "global_step": int(trainer.global_step),
+        "modules": {name: m.state_dict() for name, m in module.vae.modules().items()},
+        "params": {name: t.detach().clone() for name, t in module.trained.items()
+                   if any(t is p for p in module.pyro_params)},
+        "optimizer": {"params": list(module.trained), "state": optimizer.state_dict(),
+                      "scheduler": None},
+        "rng": get_rng_state(),
+        "history": module.history,
+    }
+    save_checkpoint(state, run_dir / CHECKPOINT_NAME)
+    write_metrics(run_dir, module.history)
+    _write_json(run_dir / "config.json", config.to_dict())
+    _write_json(run_dir / "environment.json", environment(config, module.device))
+    workers = config.devices * config.num_nodes
+    summary = {
+        "strategy": config.strategy, "workers": workers, "devices": config.devices,
+        "num_nodes": config.num_nodes, "accelerator": accelerator, "seconds": seconds,
+        "median_epoch_seconds": sorted(h["seconds"] for h in module.history)[
+            len(module.history) // 2],
+        "max_parameter_difference_between_workers": spread,
+    }
+    summary["train_points_per_second"] = data.x_train.shape[0] / summary["median_epoch_seconds"]
+    _write_json(run_dir / "distributed.json", summary)
+    return summary
