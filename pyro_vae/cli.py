@@ -90,9 +90,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     i.add_argument("--elbo", default="trace", choices=ELBOS,
                    help="trace: Trace_ELBO (Monte Carlo KL); meanfield: TraceMeanField_ELBO "
                    "(analytic KL) (default trace)")
-    i.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True,
-                   help="JIT-compile the ELBO (default; measured faster on CPU: "
-                        "BENCHMARKS.md); --no-jit runs Pyro's ELBO in eager mode")
+    i.add_argument("--jit", action=argparse.BooleanOptionalAction, default=None,
+                   help="JIT-compile the ELBO, or --no-jit for Pyro's eager ELBO (default: "
+                        "the faster one measured in BENCHMARKS.md, JIT for MLPs, eager for "
+                        "conv nets)")
     i.add_argument("--num-particles", type=_int, default=1,
                    help="samples of z per data point per step, vectorized (default 1)")
     i.add_argument("--optimizer", default="adam", choices=OPTIMIZERS,

@@ -74,7 +74,8 @@ class VAELightningModule(_LightningModule):
         module_tensors = {id(p) for p in self.parameters()}
         self.pyro_params = [t for t in self.trained.values() if id(t) not in module_tensors]
         self.elbo = make_elbo(config.elbo, config.num_particles, jit=False)
-        steps = math.ceil(n / config.batch_size)
+        workers = config.devices * config.num_nodes  # each sees ⌈N / W⌉ points per epoch
+        steps = math.ceil(math.ceil(n / workers) / config.batch_size)
         self.kl_schedule = KLSchedule(config.kl_schedule, config.beta,
                                       warmup_steps=config.warmup_epochs * steps,
                                       total_steps=steps * config.epochs, cycles=config.cycles,
