@@ -100,7 +100,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"{path} is not a readable checkpoint (truncated, corrupt or not a pyro-vae file: "
-            f"{first[:120]}); delete it and re-train, or restore it from a backup"
+            f"{first[:120]}); point to a run folder or its {CHECKPOINT_NAME}, and if this is a "
+            "damaged checkpoint, re-train or restore it from a backup"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(

@@ -44,6 +44,14 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
+def _count(text: str) -> int:
+    """An integer ≥ 1 (a number of samples, points, steps or repeats)."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {text!r}")
+    return value
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="digits", choices=DATASETS,
@@ -219,6 +227,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: file types ``pyro-vae sample --out`` writes: an image grid, a NumPy array, or CSV rows
+SAMPLE_FORMATS = (".png", ".jpg", ".pdf", ".svg", ".npy", ".csv")
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
@@ -236,12 +248,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if not 0 <= label < run.vae.num_classes:
             raise ConfigError(f"--label must be in [0, {run.vae.num_classes}), got {label}")
         y = torch.full((args.num,), label, dtype=torch.long, device=run.device)
-    samples = prior_samples(run.vae, args.num, y).cpu()
+    elif args.label is not None:
+        raise ConfigError("--label needs a conditional model (trained with --conditional); "
+                          "this one is not: drop --label")
     out = Path(args.out or Path(args.run) / "figures" / "samples_cli.png")
+    if out.suffix.lower() not in SAMPLE_FORMATS:
+        raise ConfigError(f"--out {out} has an unknown extension; use one of "
+                          f"{', '.join(SAMPLE_FORMATS)}")
+    samples = prior_samples(run.vae, args.num, y).cpu()
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
         np.save(out, samples.numpy())
-    elif len(run.vae.event_shape) == 3:
+    elif len(run.vae.event_shape) == 3 and out.suffix != ".csv":
         import matplotlib.pyplot as plt
 
         img = _image_grid(samples, int(np.ceil(np.sqrt(args.num))))
@@ -378,13 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print the test ELBO and the importance-weighted estimate of "
                        "log p(x) (nats per data point, higher is better).")
     p.add_argument("run", help="run folder (or its checkpoint.pt)")
-    p.add_argument("--iw-samples", type=_int, default=1000,
+    p.add_argument("--iw-samples", type=_count, default=1000,
                    help="K importance samples per point (5000 is the literature's protocol; "
                    "default 1000)")
-    p.add_argument("--elbo-samples", type=_int, default=10,
+    p.add_argument("--elbo-samples", type=_count, default=10,
                    help="samples of z for the test ELBO's reconstruction term (default 10)")
-    p.add_argument("--batch-size", type=_int, default=100, help="data points per chunk")
-    p.add_argument("--max-points", type=_int, help="evaluate the first N test points only")
+    p.add_argument("--batch-size", type=_count, default=100, help="data points per chunk")
+    p.add_argument("--max-points", type=_count, help="evaluate the first N test points only")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_evaluate)
@@ -393,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Decode z ~ N(0, I) with Predictive and write an image grid "
                        "(images), a .csv (vectors) or a .npy array.")
     p.add_argument("run", help="run folder (or its checkpoint.pt)")
-    p.add_argument("--num", type=_int, default=64, help="number of samples (default 64)")
+    p.add_argument("--num", type=_count, default=64, help="number of samples (default 64)")
     p.add_argument("--label", type=_int, help="class to generate (conditional models)")
     p.add_argument("--seed", type=_int, default=0, help="random seed (default 0)")
     p.add_argument("--out", help="output file: .png or .npy (default RUN/figures/samples_cli.png)")
@@ -412,8 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KL modes: mc (Trace_ELBO) and/or analytic (TraceMeanField_ELBO)")
     p.add_argument("--samples", type=_csv(int), default=(1, 4, 16),
                    help="samples S of z per estimate, comma-separated (default 1,4,16)")
-    p.add_argument("--repeats", type=_int, default=100, help="estimates R per setting (100)")
-    p.add_argument("--batch-size", type=_int, default=64, help="data points in the batch (64)")
+    p.add_argument("--repeats", type=_count, default=100, help="estimates R per setting (100)")
+    p.add_argument("--batch-size", type=_count, default=64, help="data points in the batch (64)")
     p.add_argument("--implementation", choices=("explicit", "pyro"), default="explicit",
                    help="the explicit torch surrogates or Pyro's ELBOs (default explicit)")
     p.add_argument("--warmup", type=_int, default=500,
@@ -429,12 +447,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "(test-time vEM), the encoder's ELBO L[q], their gaps, and "
                        "semi-amortized refinement.")
     p.add_argument("run", help="run folder (or its checkpoint.pt)")
-    p.add_argument("--num-points", type=_int, default=1000, help="test points (default 1000)")
-    p.add_argument("--iw-samples", type=_int, default=5000,
+    p.add_argument("--num-points", type=_count, default=1000, help="test points (default 1000)")
+    p.add_argument("--iw-samples", type=_count, default=5000,
                    help="importance samples for log p(x) (default 5000)")
-    p.add_argument("--refine-steps", type=_int, default=50,
+    p.add_argument("--refine-steps", type=_count, default=50,
                    help="steps of the semi-amortized curve (default 50)")
-    p.add_argument("--max-steps", type=_int, default=1000,
+    p.add_argument("--max-steps", type=_count, default=1000,
                    help="most optimization steps of the per-point fits (default 1000)")
     p.add_argument("--seed", type=_int, default=0, help="random seed (default 0)")
     p.add_argument("--out", help="output folder (default RUN/gap)")
@@ -458,6 +476,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except PyroVAEError as exc:
         print(f"pyro-vae: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path that cannot be read or written
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"pyro-vae: error: {exc.strerror or exc}{where}; check the path and its "
+              "permissions", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         print(f"pyro-vae: {exc or 'interrupted'}", file=sys.stderr)

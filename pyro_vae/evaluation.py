@@ -25,6 +25,8 @@ import torch
 from pyro import poutine
 from torch.distributions import kl_divergence
 
+from pyro_vae.data import validate_arrays
+from pyro_vae.errors import ConfigError
 from pyro_vae.sites import LATENT_SITE, OBS_SITE
 from pyro_vae.vae import VAE
 
@@ -85,6 +87,19 @@ def elbo_terms(
     return {"elbo": recon - kl, "recon": recon, "kl": kl}
 
 
+def check_inputs(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,
+                 **counts: int) -> None:
+    """Raise :class:`DataError` / :class:`ConfigError` for data the evaluation cannot score:
+    empty, NaN/inf, wrong shape, outside the likelihood's support, labels that do not match, or
+    a count (samples, batch size) below 1."""
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be an integer ≥ 1, got {value!r}")
+    validate_arrays(x, y, "the data to evaluate")
+    vae.check_shape(x)
+    vae.likelihood.check_support(x, "the data to evaluate")
+
+
 def _batched(
     fn: Callable[..., dict[str, torch.Tensor]], x: torch.Tensor, y: torch.Tensor | None,
     batch_size: int,
@@ -103,6 +118,7 @@ def evaluate_elbo(
     num_samples: int = 1,
 ) -> dict[str, Estimate]:
     """Mean ELBO, reconstruction and KL per data point over ``x``, with standard errors."""
+    check_inputs(vae, x, y, batch_size=batch_size, num_samples=num_samples)
     with evaluating(vae):
         terms = _batched(lambda xb, yb: elbo_terms(vae, xb, yb, num_samples), x, y, batch_size)
     return {k: Estimate.of(v) for k, v in terms.items()}
@@ -125,6 +141,8 @@ def iwae_log_likelihood(
         number of samples drawn per chunk.
     :param progress: called with the number of data points finished after each chunk.
     """
+    check_inputs(vae, x, y, num_samples=num_samples, batch_size=batch_size,
+                 max_elements=max_elements)
     dims = math.prod(vae.event_shape) * vae.likelihood.num_params
     out = []
     with evaluating(vae):

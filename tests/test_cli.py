@@ -124,9 +124,37 @@ def test_bad_inputs_get_one_line_errors_and_exit_2(tmp_path, capsys):
         assert not out.exists(), f"{argv} left output behind"
 
 
+def test_bad_arguments_to_the_other_commands(digits_run, tmp_path, capsys):
+    """Hostile arguments after training: one line, exit 2, nothing written."""
+    run = str(digits_run)
+    cases = [
+        (["sample", run, "--label", "3"], "needs a conditional model"),
+        (["sample", run, "--out", str(tmp_path / "s.xyz")], "unknown extension"),
+        (["sample", run, "--out", "/proc/no/such/dir/s.png"], "check the path"),
+        (["evaluate", run, "--device", "tpu"], "unknown --device"),
+        (["evaluate", str(digits_run / "config.json")], "not a readable checkpoint"),
+        (["gap", str(tmp_path / "none")], "no checkpoint"),
+        (["variance", run, "--estimators", "magic"], "unknown estimator"),
+        (["variance", run, "--kl", "exact"], "unknown --kl"),
+        (["variance", str(tmp_path / "absent.json")], "no checkpoint"),
+        (["plot", str(tmp_path / "nothing")], "no checkpoint"),
+    ]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for argv, match in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("pyro-vae: error: ") and "\n" not in err, (argv, err)
+        assert match in err, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 def test_argparse_rejects_unknown_options_with_exit_2(capsys):
     for argv in (["train", "--dataset", "cifar"], ["train", "--elbo", "renyi"],
-                 ["train", "--epochs", "many"], ["train", "--frobnicate"]):
+                 ["train", "--epochs", "many"], ["train", "--frobnicate"],
+                 ["evaluate", "run", "--batch-size", "0"],
+                 ["evaluate", "run", "--max-points", "-1"],
+                 ["sample", "run", "--num", "0"], ["gap", "run", "--refine-steps", "0"],
+                 ["variance", "run", "--repeats", "0"]):
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 2

@@ -10,7 +10,16 @@ import torch
 from conftest import make_batch, small_vae
 from torch import nn
 
-from pyro_vae import VAE, circle_log_density, elbo_terms, iwae_log_likelihood, make_likelihood
+from pyro_vae import (
+    VAE,
+    ConfigError,
+    DataError,
+    circle_log_density,
+    elbo_terms,
+    evaluate_elbo,
+    iwae_log_likelihood,
+    make_likelihood,
+)
 from pyro_vae.data import CIRCLE_NOISE, circle_points
 
 
@@ -119,3 +128,25 @@ def test_circle_mean_log_density_is_the_known_entropy():
     x, _ = circle_points(100000, seed=7)
     value = circle_log_density(x).mean()
     assert float(value) == pytest.approx(-0.535, abs=0.01)  # -H[p(x)] ≈ -0.53 to -0.54 nats
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda x: x.new_full(x.shape, float("nan")), "NaN"),
+    (lambda x: x[:, :3], "shape"),
+    (lambda x: x[:0], "empty"),
+    (lambda x: x * 3.0, r"\[0, 1\]"),
+])
+def test_evaluation_refuses_data_it_cannot_score(bad, match):
+    vae = small_vae(likelihood="bernoulli")
+    x = make_batch(8, binary=True)
+    for fn in (evaluate_elbo, iwae_log_likelihood):
+        with pytest.raises(DataError, match=match):
+            fn(vae, bad(x))
+
+
+def test_evaluation_refuses_counts_below_one():
+    vae, x = small_vae(), make_batch(8)
+    with pytest.raises(ConfigError, match="num_samples"):
+        iwae_log_likelihood(vae, x, num_samples=0)
+    with pytest.raises(ConfigError, match="batch_size"):
+        evaluate_elbo(vae, x, batch_size=0)
