@@ -41,7 +41,7 @@ from pyro_vae.evaluation import evaluate_elbo
 from pyro_vae.factory import build_optimizer, build_vae
 from pyro_vae.objectives import make_elbo
 from pyro_vae.sites import OBS_SCALE_PARAM
-from pyro_vae.training import TRAIN_EVAL_POINTS, trainable_params
+from pyro_vae.training import train_eval_subset, trainable_params
 
 try:
     import lightning as L
@@ -121,9 +121,9 @@ class VAELightningModule(_LightningModule):
             "lr": float(self.trainer.optimizers[0].param_groups[0]["lr"]),
         }
         y_test = self.data.y_test if self.vae.conditional else None
-        y_train = self.data.y_train[:TRAIN_EVAL_POINTS] if self.vae.conditional else None
-        for split, x, y in (("train", self.data.x_train[:TRAIN_EVAL_POINTS], y_train),
-                            ("test", self.data.x_test, y_test)):
+        x_train, y_train = train_eval_subset(self.config, self.data)
+        y_train = y_train if self.vae.conditional else None
+        for split, x, y in (("train", x_train, y_train), ("test", self.data.x_test, y_test)):
             for key, est in evaluate_elbo(self.vae, x, y, self.config.eval_samples).items():
                 metrics[f"{split}_{key}"], metrics[f"{split}_{key}_se"] = est.mean, est.stderr
         if OBS_SCALE_PARAM in pyro.get_param_store():

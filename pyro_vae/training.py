@@ -88,6 +88,18 @@ def trainable_params(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None
     return dict(sorted(found.items()))
 
 
+def train_eval_subset(config: Config, data: DataSet) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first :data:`TRAIN_EVAL_POINTS` training points (and labels) on which the training
+    ELBO is reported each epoch; with dynamic binarization, binarized once with a fixed
+    generator (``split_seed + 1``), as the test set is."""
+    x = data.x_train[:TRAIN_EVAL_POINTS]
+    y = None if data.y_train is None else data.y_train[:TRAIN_EVAL_POINTS]
+    if config.binarize == "dynamic":
+        gen = torch.Generator().manual_seed(config.split_seed + 1)
+        x = torch.bernoulli(x.cpu(), generator=gen).to(x.device)
+    return x, y
+
+
 def binarize(x: torch.Tensor) -> torch.Tensor:
     """One draw x_bin ~ Bernoulli(x) per pixel (dynamic binarization)."""
     return torch.bernoulli(x)
@@ -125,7 +137,7 @@ class Trainer:
         self.epoch = 0
         self.global_step = 0
         self.history: list[dict[str, Any]] = []
-        self._x_eval_train, self._y_eval_train = self._train_eval_subset()
+        self._x_eval_train, self._y_eval_train = train_eval_subset(config, self.data)
 
     # ------------------------------------------------------------------ programs for SVI
     def _programs(self):
@@ -207,14 +219,6 @@ class Trainer:
         b = torch.tensor(beta, device=self.device)
         args = (x, y, idx, b) if self.vae.conditional else (x, idx, b)
         return args, {"batch_size": int(x.shape[0])}
-
-    def _train_eval_subset(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = self.data.x_train[:TRAIN_EVAL_POINTS]
-        y = None if self.data.y_train is None else self.data.y_train[:TRAIN_EVAL_POINTS]
-        if self.config.binarize == "dynamic":
-            gen = torch.Generator().manual_seed(self.config.split_seed + 1)
-            x = torch.bernoulli(x.cpu(), generator=gen).to(self.device)
-        return x, y
 
     # ------------------------------------------------------------------ the loop
     def train_epoch(self) -> dict[str, Any]:
