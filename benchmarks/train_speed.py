@@ -37,9 +37,11 @@ import pyro
 import torch
 import torch.nn.functional as F
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+from torch.distributions import constraints
 
 from pyro_vae import Config, Trainer, build_vae, evaluate_elbo
 from pyro_vae.runs import prepare_data
+from pyro_vae.sites import OBS_SCALE_PARAM
 from pyro_vae.vae import VAE
 
 FMNIST_MLP = dict(dataset="fashion-mnist", hidden=(400,), latent_dim=50, activation="softplus",
@@ -173,6 +175,8 @@ def run_case(name: str, rounds: int) -> dict:
     result = {"case": name, "config": config, "median": {}, "test_elbo": {}}
     for label, model in models.items():
         switch.use(label)
+        if label == "plain" and log_sigma is not None:  # its σ lives outside Pyro's store
+            pyro.param(OBS_SCALE_PARAM, log_sigma.detach().exp(), constraint=constraints.positive)
         model.eval()
         result["median"][label] = statistics.median(times[label])
         result["test_elbo"][label] = evaluate_elbo(model, data.x_test)["elbo"]
