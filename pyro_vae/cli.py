@@ -75,7 +75,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     d.add_argument("--binarize", choices=BINARIZE,
                    help="for --likelihood bernoulli on grey images: 'dynamic' draws pixels "
                    "~ Bernoulli(intensity) per mini-batch, 'threshold' uses x > 0.5 "
-                   "(default for image data sets: dynamic)")
+                   "(default with Bernoulli on image data sets: dynamic)")
 
     m = p.add_argument_group("model")
     m.add_argument("--arch", choices=ARCHS, help="mlp or conv (28x28 / 64x64 images)")

@@ -152,7 +152,8 @@ def train_distributed(config: Config, run_dir: str | Path, data: DataSet,
     run_dir = Path(run_dir)
     L.seed_everything(config.seed, verbose=False)
     module = VAELightningModule(config, data)
-    accelerator = "gpu" if config.device.startswith("cuda") else "cpu"
+    accelerator = {"auto": "auto"}.get(config.device,
+                                       "gpu" if config.device.startswith("cuda") else "cpu")
     trainer = L.Trainer(
         accelerator=accelerator, devices=config.devices, num_nodes=config.num_nodes,
         strategy=config.strategy, max_epochs=config.epochs, logger=False,
