@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.reporting import markdown_header, markdown_row
 
 
 def train(out: Path, options: list[str]) -> None:
@@ -35,23 +36,24 @@ def main() -> None:
     args = p.parse_args()
     options = args.options or ["--dataset", "fashion-mnist", "--epochs", "2"]
     print(f"pyro-vae train {' '.join(options)}")
-    print("| strategy | workers | median s / epoch | training points / s | final test ELBO |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print(markdown_header(["strategy", "workers", "median s / epoch", "training points / s",
+                           "final test ELBO"], "lrrrr"))
     with tempfile.TemporaryDirectory() as tmp:
         train(Path(tmp) / "single", options)
         metrics = json.loads((Path(tmp) / "single" / "metrics.json").read_text())
         n = load_checkpoint(Path(tmp) / "single")["data"]["num_data"]
         sec = statistics.median(m["seconds"] for m in metrics)
-        print(f"| single (library trainer) | 1 | {sec:.2f} | {n / sec:.0f} | "
-              f"{metrics[-1]['test_elbo']:.2f} |", flush=True)
+        print(markdown_row(["single (library trainer)", 1, f"{sec:.2f}", f"{n / sec:.0f}",
+                            f"{metrics[-1]['test_elbo']:.2f}"]), flush=True)
         for devices in args.devices.split(","):
             out = Path(tmp) / f"ddp{devices}"
             train(out, [*options, "--strategy", "ddp", "--devices", devices])
             summary = json.loads((out / "distributed.json").read_text())
             last = json.loads((out / "metrics.json").read_text())[-1]
-            print(f"| ddp | {summary['workers']} | {summary['median_epoch_seconds']:.2f} | "
-                  f"{summary['train_points_per_second']:.0f} | {last['test_elbo']:.2f} |",
-                  flush=True)
+            print(markdown_row(["ddp", summary["workers"],
+                                f"{summary['median_epoch_seconds']:.2f}",
+                                f"{summary['train_points_per_second']:.0f}",
+                                f"{last['test_elbo']:.2f}"]), flush=True)
 
 
 if __name__ == "__main__":

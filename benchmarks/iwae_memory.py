@@ -18,6 +18,8 @@ import json
 import subprocess
 import sys
 
+from pyro_vae.reporting import markdown_header, markdown_row
+
 CHILD = """
 import json, resource, sys, time
 import torch
@@ -45,17 +47,17 @@ def main() -> None:
     p.add_argument("--settings", default="1000:500,1000:5000,10000:5000",
                    help="comma-separated POINTS:K pairs")
     args = p.parse_args()
-    print("| test points | K | seconds | importance samples / s | RSS loaded (MiB) | "
-          "RSS peak (MiB) | log p(x) (IWAE) |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(markdown_header(["test points", "K", "seconds", "importance samples / s",
+                           "RSS loaded (MiB)", "RSS peak (MiB)", "log p(x) (IWAE)"], "r" * 7))
     for setting in args.settings.split(","):
         points, k = setting.split(":")
         proc = subprocess.run([sys.executable, "-c", CHILD, args.run, points, k],
                               capture_output=True, text=True, check=True)
         r = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"| {r['points']} | {r['K']} | {r['seconds']:.1f} | {r['samples_per_second']:.0f} "
-              f"| {r['rss_loaded_mib']:.0f} | {r['rss_peak_mib']:.0f} | "
-              f"{r['log_likelihood']:.2f} ± {r['se']:.2f} |", flush=True)
+        print(markdown_row([r["points"], r["K"], f"{r['seconds']:.1f}",
+                            f"{r['samples_per_second']:.0f}", f"{r['rss_loaded_mib']:.0f}",
+                            f"{r['rss_peak_mib']:.0f}",
+                            f"{r['log_likelihood']:.2f} ± {r['se']:.2f}"]), flush=True)
 
 
 if __name__ == "__main__":

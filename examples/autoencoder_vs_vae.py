@@ -28,10 +28,10 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
-from torchvision.utils import make_grid
 
 from pyro_vae import Config, build_vae, train_run
 from pyro_vae.evaluation import elbo_terms, evaluating
+from pyro_vae.plots import show_grid
 from pyro_vae.reporting import write_results
 from pyro_vae.sites import DATA_PLATE, DECODER_MODULE, ENCODER_MODULE, LATENT_SITE, OBS_SITE
 
@@ -128,10 +128,8 @@ def main() -> None:
         axes[0, col].scatter(codes[:, 0], codes[:, 1], c=y, cmap="tab10", s=3)
         axes[0, col].set(title=f"{name}: test codes μ(x)", xlim=(lo[0], hi[0]),
                          ylim=(lo[1], hi[1]))
-        grid = make_grid(images, nrow=GRID, padding=1, pad_value=1.0)
-        axes[1, col].imshow(grid.permute(1, 2, 0).numpy())
-        axes[1, col].set(title=f"{name}: decoded over that box ({empty:.0%} of cells empty)")
-        axes[1, col].axis("off")
+        show_grid(axes[1, col], images, GRID,
+                  f"{name}: decoded over that box ({empty:.0%} of cells empty)")
         with evaluating(model):
             recon = float((model.observation_distribution(model.encode(x_test)[0])
                            .log_prob(x_test)).mean())

@@ -21,7 +21,7 @@ from pathlib import Path
 import matplotlib
 
 from pyro_vae import Config, train_run
-from pyro_vae.plots import latent_means
+from pyro_vae.evaluation import latent_means
 from pyro_vae.reporting import write_results
 
 matplotlib.use("Agg")

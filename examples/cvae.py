@@ -22,10 +22,10 @@ from pathlib import Path
 import matplotlib
 import torch
 from pyro.infer import Predictive
-from torchvision.utils import make_grid
 
 from pyro_vae import LATENT_SITE, Config, train_run
 from pyro_vae.evaluation import evaluating
+from pyro_vae.plots import show_grid
 from pyro_vae.reporting import write_results
 
 matplotlib.use("Agg")
@@ -33,11 +33,8 @@ import matplotlib.pyplot as plt
 
 
 def show(images: torch.Tensor, nrow: int, path: Path, title: str) -> None:
-    grid = make_grid(images.cpu().clamp(0, 1), nrow=nrow, padding=1, pad_value=1.0)
     fig, ax = plt.subplots(figsize=(0.8 * nrow, 0.8 * images.shape[0] / nrow + 0.6))
-    ax.imshow(grid.permute(1, 2, 0).numpy())
-    ax.set_title(title, fontsize=9)
-    ax.axis("off")
+    show_grid(ax, images, nrow, title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -21,13 +21,11 @@ from pathlib import Path
 import matplotlib
 
 from pyro_vae import Config, train_run
-from pyro_vae.plots import latent_means
+from pyro_vae.evaluation import active_units
 from pyro_vae.reporting import write_results
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-
-ACTIVE_THRESHOLD = 0.01
 
 
 def main() -> None:
@@ -63,8 +61,7 @@ def main() -> None:
         run = train_run(config, out / schedule["kl_schedule"], progress=False, figures=False)
         seconds = time.perf_counter() - start
         history, last = run.history, run.history[-1]
-        active = int((latent_means(run.trainer.vae, run.trainer.data).var(0)
-                      > ACTIVE_THRESHOLD).sum())
+        active = active_units(run.trainer.vae, run.trainer.data)
         best = max(history, key=lambda h: h["test_elbo"])
         rows.append([name, last["epoch"], f"{seconds:.0f}",
                      f"{last['test_elbo']:.2f} ± {last['test_elbo_se']:.2f}",

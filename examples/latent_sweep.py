@@ -21,14 +21,11 @@ from pathlib import Path
 import matplotlib
 
 from pyro_vae import Config, iwae_log_likelihood, train_run
-from pyro_vae.evaluation import Estimate
-from pyro_vae.plots import latent_means
+from pyro_vae.evaluation import Estimate, active_units
 from pyro_vae.reporting import write_results
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-
-ACTIVE_THRESHOLD = 0.01
 
 
 def main() -> None:
@@ -60,7 +57,7 @@ def main() -> None:
         vae, data, last = run.trainer.vae, run.trainer.data, run.history[-1]
         iwae = Estimate.of(iwae_log_likelihood(vae, data.x_test[:args.iw_points],
                                                num_samples=args.iw_samples))
-        active = int((latent_means(vae, data).var(0) > ACTIVE_THRESHOLD).sum())
+        active = active_units(vae, data)
         rows.append([dim, last["epoch"], f"{seconds:.0f}", last["test_recon"], last["test_kl"],
                      f"{last['test_elbo']:.2f} ± {last['test_elbo_se']:.2f}", str(iwae),
                      f"{active} / {dim}"])

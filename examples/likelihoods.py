@@ -30,10 +30,10 @@ from pathlib import Path
 import matplotlib
 import pyro
 import torch
-from torchvision.utils import make_grid
 
 from pyro_vae import Config, Trainer, iwae_log_likelihood
 from pyro_vae.evaluation import Estimate, evaluating
+from pyro_vae.plots import show_grid
 from pyro_vae.reporting import write_results
 from pyro_vae.runs import prepare_data
 
@@ -102,10 +102,7 @@ def main() -> None:
     order = ["test images (dequantized)", *MODELS]
     fig, axes = plt.subplots(len(order), 1, figsize=(10, 1.1 * len(order) + 0.5))
     for ax, name in zip(axes, order, strict=True):
-        grid = make_grid(recons[name].clamp(0, 1), nrow=16, padding=1, pad_value=1.0)
-        ax.imshow(grid.permute(1, 2, 0).numpy())
-        ax.set_title(name, fontsize=9)
-        ax.axis("off")
+        show_grid(ax, recons[name], 16, name)
     fig.tight_layout()
     fig.savefig(out / "reconstructions.png", dpi=110)
     write_results(out, f"Likelihoods on dequantized {config.dataset}, {args.latent_dim}-D latent",

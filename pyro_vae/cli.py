@@ -235,7 +235,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from pyro_vae.plots import _image_grid, prior_samples
+    from pyro_vae.plots import image_grid, prior_samples
     from pyro_vae.runs import load_run
 
     if args.num < 1:
@@ -262,7 +262,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     elif len(run.vae.event_shape) == 3 and out.suffix != ".csv":
         import matplotlib.pyplot as plt
 
-        img = _image_grid(samples, int(np.ceil(np.sqrt(args.num))))
+        img = image_grid(samples, int(np.ceil(np.sqrt(args.num))))
         plt.imsave(out, img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray")
     else:
         np.savetxt(out.with_suffix(".csv"), samples.reshape(args.num, -1).numpy(), delimiter=",")

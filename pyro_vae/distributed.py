@@ -25,6 +25,7 @@ Needs the optional extra: ``pip install "pyro-vae[lightning]"``.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -201,8 +202,7 @@ def train_distributed(config: Config, run_dir: str | Path, data: DataSet,
     summary = {
         "strategy": config.strategy, "workers": workers, "devices": config.devices,
         "num_nodes": config.num_nodes, "accelerator": accelerator, "seconds": seconds,
-        "median_epoch_seconds": sorted(h["seconds"] for h in module.history)[
-            len(module.history) // 2],
+        "median_epoch_seconds": statistics.median(h["seconds"] for h in module.history),
         "max_parameter_difference_between_workers": spread,
     }
     summary["train_points_per_second"] = data.x_train.shape[0] / summary["median_epoch_seconds"]

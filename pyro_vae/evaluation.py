@@ -25,7 +25,7 @@ import torch
 from pyro import poutine
 from torch.distributions import kl_divergence
 
-from pyro_vae.data import validate_arrays
+from pyro_vae.data import DataSet, validate_arrays
 from pyro_vae.errors import ConfigError
 from pyro_vae.sites import LATENT_SITE, OBS_SITE
 from pyro_vae.vae import VAE
@@ -85,6 +85,21 @@ def elbo_terms(
             kl = kl_divergence(guide_tr.nodes[LATENT_SITE]["fn"], model_tr.nodes[LATENT_SITE]["fn"])
     assert kl is not None
     return {"elbo": recon - kl, "recon": recon, "kl": kl}
+
+
+def latent_means(vae: VAE, data: DataSet, max_points: int = 5000) -> torch.Tensor:
+    """Posterior means μ(x) of up to ``max_points`` test points, shape (n, L)."""
+    x = data.x_test[:max_points]
+    y = data.y_test[:max_points] if vae.conditional and data.y_test is not None else None
+    with evaluating(vae):
+        return torch.cat([vae.encode(x[i:i + 1000], None if y is None else y[i:i + 1000])[0]
+                          for i in range(0, x.shape[0], 1000)])
+
+
+def active_units(vae: VAE, data: DataSet, threshold: float = 0.01) -> int:
+    """Latent units in use (Burda et al. 2016): unit u is active when the variance over test
+    points of its posterior mean, ``Cov_x(E_q[z_u | x])``, exceeds ``threshold``."""
+    return int((latent_means(vae, data).var(0) > threshold).sum())
 
 
 def check_inputs(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,

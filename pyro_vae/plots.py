@@ -25,7 +25,7 @@ from pyro.infer import Predictive
 from torchvision.utils import make_grid
 
 from pyro_vae.data import DataSet
-from pyro_vae.evaluation import evaluating
+from pyro_vae.evaluation import evaluating, latent_means
 from pyro_vae.sites import LATENT_SITE, OBS_SITE
 from pyro_vae.vae import VAE
 
@@ -57,12 +57,16 @@ def _labels(vae: VAE, y: torch.Tensor | None) -> torch.Tensor | None:
     return y if vae.conditional else None
 
 
-def _image_grid(images: torch.Tensor, nrow: int) -> np.ndarray:
+def image_grid(images: torch.Tensor, nrow: int) -> np.ndarray:
+    """Images (B, C, H, W) in [0, 1] tiled ``nrow`` per row (torchvision ``make_grid``), as an
+    (H', W', C) array."""
     grid = make_grid(images.detach().cpu().clamp(0, 1), nrow=nrow, padding=1, pad_value=1.0)
     return grid.permute(1, 2, 0).numpy()
 
 
-def _show(ax: plt.Axes, img: np.ndarray, title: str) -> None:
+def show_grid(ax: plt.Axes, images: torch.Tensor, nrow: int, title: str) -> None:
+    """Draw :func:`image_grid` of ``images`` on ``ax`` with a title and no axes."""
+    img = image_grid(images, nrow)
     ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
     ax.set_title(title)
     ax.axis("off")
@@ -92,13 +96,13 @@ def _image_figures(vae: VAE, data: DataSet, out: Path) -> list[Path]:
     fig, axes = plt.subplots(2, 1, figsize=(10, 3.2))
     binary = bool(((x == 0) | (x == 1)).all())
     title = "test images" + (" (binarized, as scored)" if binary else "")
-    _show(axes[0], _image_grid(x, 16), title)
-    _show(axes[1], _image_grid(recon, 16), "reconstructions E[x | z = μ(x)]")
+    show_grid(axes[0], x, 16, title)
+    show_grid(axes[1], recon, 16, "reconstructions E[x | z = μ(x)]")
     paths.append(_save(fig, out / "reconstructions.png"))
 
     samples = prior_samples(vae, 64)
     fig, ax = plt.subplots(figsize=(6, 6))
-    _show(ax, _image_grid(samples, 8), "samples E[x|z], z ~ N(0, I)")
+    show_grid(ax, samples, 8, "samples E[x|z], z ~ N(0, I)")
     paths.append(_save(fig, out / "samples.png"))
 
     paths.append(plot_latent(vae, data, out / "latent.png"))
@@ -106,16 +110,6 @@ def _image_figures(vae: VAE, data: DataSet, out: Path) -> list[Path]:
         paths.append(plot_manifold(vae, out / "manifold.png"))
     paths.extend(plot_interpolation(vae, data, out))
     return paths
-
-
-def latent_means(vae: VAE, data: DataSet, max_points: int = 5000) -> torch.Tensor:
-    """Posterior means μ(x) of up to ``max_points`` test points."""
-    x = data.x_test[:max_points]
-    y = None if data.y_test is None else data.y_test[:max_points]
-    with evaluating(vae):
-        return torch.cat([vae.encode(x[i:i + 1000], None if y is None else
-                                     _labels(vae, y[i:i + 1000]))[0]
-                          for i in range(0, x.shape[0], 1000)])
 
 
 def plot_latent(vae: VAE, data: DataSet, path: Path) -> Path:
@@ -156,7 +150,7 @@ def plot_manifold(vae: VAE, path: Path, n: int = 15) -> Path:
     with evaluating(vae):
         images = vae.decode_mean(z.to(device))
     fig, ax = plt.subplots(figsize=(7, 7))
-    _show(ax, _image_grid(images, n), "2-D latent manifold: E[x|z] over prior quantiles")
+    show_grid(ax, images, n, "2-D latent manifold: E[x|z] over prior quantiles")
     return _save(fig, path)
 
 
@@ -179,7 +173,7 @@ def plot_interpolation(vae: VAE, data: DataSet, out: Path, steps: int = 10) -> l
         y = None if not vae.conditional else ya.expand(steps)
         frames = vae.decode_mean(z, y)
     fig, ax = plt.subplots(figsize=(12, 1.8))
-    _show(ax, _image_grid(frames, steps), "interpolation between two test images")
+    show_grid(ax, frames, steps, "interpolation between two test images")
     strip = _save(fig, out / "interpolation.png")
     imgs = [(f.detach().cpu().clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy() * 255)
             .astype(np.uint8) for f in frames]

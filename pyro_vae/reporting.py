@@ -6,17 +6,29 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A Markdown table; floats are printed with 4 significant digits (3 decimals if smaller)."""
+def markdown_cell(value: object) -> str:
+    """Floats with 3 decimals below 1000 and 4 significant digits above; others as ``str``."""
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 1000 else f"{value:.4g}"
+    return str(value)
 
-    def cell(value: object) -> str:
-        if isinstance(value, float):
-            return f"{value:.3f}" if abs(value) < 1000 else f"{value:.4g}"
-        return str(value)
 
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+def markdown_header(header: Sequence[str], align: str | None = None) -> str:
+    """The header and rule lines of a Markdown table; ``align`` has one ``l`` or ``r`` per
+    column (default: all left)."""
+    rules = ["---:" if a == "r" else "---" for a in (align or "l" * len(header))]
+    return "| " + " | ".join(header) + " |\n| " + " | ".join(rules) + " |"
+
+
+def markdown_row(row: Sequence[object]) -> str:
+    """One Markdown table row, cells formatted by :func:`markdown_cell`."""
+    return "| " + " | ".join(markdown_cell(v) for v in row) + " |"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]],
+                   align: str | None = None) -> str:
+    """A Markdown table (see :func:`markdown_header` and :func:`markdown_row`)."""
+    return "\n".join([markdown_header(header, align), *map(markdown_row, rows)]) + "\n"
 
 
 def write_results(out: str | Path, title: str, header: Sequence[str],

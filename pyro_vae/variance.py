@@ -31,6 +31,7 @@ from pathlib import Path
 import pyro
 import torch
 
+from pyro_vae import reporting
 from pyro_vae.errors import ConfigError
 from pyro_vae.estimators import (
     BASELINE_KIND,
@@ -237,18 +238,18 @@ def markdown_table(results: list[EstimatorResult], reference: str = "reparam") -
     """One row per (estimator, KL, S, group) with the variance ratio to ``reference`` at the
     same KL mode and S."""
     ref = {(r.kl, r.num_samples): r for r in results if r.estimator == reference}
-    lines = ["| estimator | KL | S | group | total variance | ratio to reparam | SNR (mean) | "
-             "s / estimate | variance × cost |",
-             "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    rows = []
     for r in results:
         for g, st in r.groups.items():
             base = ref.get((r.kl, r.num_samples))
             ratio = st.total_variance / base.groups[g].total_variance if base and \
                 base.groups[g].total_variance > 0 else float("nan")
-            lines.append(f"| {r.estimator} | {r.kl} | {r.num_samples} | {g} | "
-                         f"{st.total_variance:.4g} | {ratio:.3g} | {st.snr_mean:.3g} | "
-                         f"{r.seconds * 1e3:.2f} ms | {r.work_variance(g):.3g} |")
-    return "\n".join(lines) + "\n"
+            rows.append([r.estimator, r.kl, r.num_samples, g, f"{st.total_variance:.4g}",
+                         f"{ratio:.3g}", f"{st.snr_mean:.3g}", f"{r.seconds * 1e3:.2f} ms",
+                         f"{r.work_variance(g):.3g}"])
+    return reporting.markdown_table(
+        ["estimator", "KL", "S", "group", "total variance", "ratio to reparam", "SNR (mean)",
+         "s / estimate", "variance × cost"], rows, align="llrlrrrrr")
 
 
 def plot_lab(results: list[EstimatorResult], out: Path) -> list[Path]:
