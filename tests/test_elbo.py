@@ -6,10 +6,11 @@ import pyro
 import pytest
 import torch
 from conftest import make_batch, small_vae
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro import poutine
+from pyro.infer import JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import elbo_terms, make_elbo
-from pyro_vae.objectives import FixedJitTraceMeanField_ELBO
+from pyro_vae.objectives import DirectCall, FastJitTrace_ELBO, FastJitTraceMeanField_ELBO
 
 
 def closed_form_kl(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -98,8 +99,76 @@ def test_fixed_jit_meanfield_compiles_once():
     vae = small_vae(num_data=64)
     x, idx = make_batch(8), torch.arange(8)
     elbo = make_elbo("meanfield", jit=True)
-    assert isinstance(elbo, FixedJitTraceMeanField_ELBO)
+    assert isinstance(elbo, FastJitTraceMeanField_ELBO)
     model, guide = vae.model, vae.guide  # bind once: Pyro keys the cache on id(model)
     for _ in range(4):
         elbo.differentiable_loss(model, guide, x, idx)
     assert len(elbo._differentiable_loss.compiled) == 1
+    assert isinstance(elbo._differentiable_loss, DirectCall)
+
+
+def jit_programs(vae):
+    """model / guide as a JIT ELBO takes them: tensors positional, batch size as keyword."""
+    def model(x, idx, batch_size=None):
+        return vae.model(x, None, idx)
+
+    def guide(x, idx, batch_size=None):
+        return vae.guide(x, None, idx)
+
+    return model, guide
+
+
+def _loss_and_grads(elbo, programs, x, idx, seed):
+    """The JIT ELBO's loss and d loss / d (every param) after one call under ``seed``."""
+    pyro.set_rng_seed(seed)
+    loss = elbo.differentiable_loss(*programs, x, idx, batch_size=len(x))
+    params = dict(pyro.get_param_store().named_parameters())
+    for p in params.values():
+        p.grad = None
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in params.items()}
+
+
+def test_direct_call_gives_pyros_jit_loss_and_gradients():
+    """FastJitTrace_ELBO hands the param store's tensors to the graph Pyro's JitTrace_ELBO
+    compiles: same loss, same gradient for every param (learned σ included), call after call."""
+    pyro.clear_param_store()
+    vae = small_vae(likelihood="gaussian-learned", num_data=64)
+    x, idx = make_batch(8), torch.arange(8)
+    options = dict(max_plate_nesting=1, ignore_jit_warnings=True)
+    fast, pyros = FastJitTrace_ELBO(**options), JitTrace_ELBO(**options)
+    programs = jit_programs(vae)
+    for elbo in (fast, pyros):  # compile both first: compiling draws random numbers
+        _loss_and_grads(elbo, programs, x, idx, seed=0)
+    assert isinstance(fast._loss_and_surrogate_loss, DirectCall)
+    for seed in (1, 2):
+        a_loss, a_grads = _loss_and_grads(fast, programs, x, idx, seed)
+        b_loss, b_grads = _loss_and_grads(pyros, programs, x, idx, seed)
+        torch.testing.assert_close(a_loss, b_loss)
+        assert a_grads.keys() == b_grads.keys() and "obs_scale" in a_grads
+        for name in a_grads:
+            torch.testing.assert_close(a_grads[name], b_grads[name], msg=name)
+
+
+def test_direct_call_uses_the_stores_current_tensors_and_defers_to_handlers():
+    """A param replaced in the store (as a checkpoint restore does) is the one the graph reads
+    and differentiates; under an effect handler the call goes through Pyro's CompiledFunction,
+    so the handler sees every param."""
+    pyro.clear_param_store()
+    vae = small_vae(likelihood="gaussian-learned", num_data=64)
+    x, idx = make_batch(8), torch.arange(8)
+    elbo = FastJitTrace_ELBO(max_plate_nesting=1, ignore_jit_warnings=True)
+    programs = jit_programs(vae)
+    _loss_and_grads(elbo, programs, x, idx, seed=0)
+    store = pyro.get_param_store()
+    old = store.get_state()
+    old["params"]["obs_scale"].grad = None
+    new_sigma = (old["params"]["obs_scale"] + 1.0).detach().requires_grad_(True)
+    store.set_state({"params": {**old["params"], "obs_scale": new_sigma},
+                     "constraints": old["constraints"]})
+    pyro.set_rng_seed(3)
+    elbo.differentiable_loss(*programs, x, idx, batch_size=8).backward()
+    assert new_sigma.grad is not None and old["params"]["obs_scale"].grad is None
+    with poutine.trace(param_only=True) as seen:
+        elbo.differentiable_loss(*programs, x, idx, batch_size=8)
+    assert set(seen.trace.nodes) == {name for name, _ in store.named_parameters()}
