@@ -7,8 +7,7 @@ Methods, for each case:
     ``differentiable_loss`` on ``VAE.model`` / ``VAE.guide``, one torch optimizer, validation on
     the first step only, tensors in memory); ``library-jit`` / ``library-nojit`` is the other
     path (JIT-compiled ELBO or not), so that the default can be checked to be the faster one;
-(b) ``plain``: the same encoder/decoder modules (in the same memory layout: ``VAE.to`` stores
-    conv weights channels-last on CPU, for all three methods), the same ELBO written by hand (Bernoulli with
+(b) ``plain``: the same encoder/decoder modules, the same ELBO written by hand (Bernoulli with
     logits or Gaussian log-density; Monte Carlo or analytic KL), the library's optimizer
     (``torch.optim.Adam(fused=True)``), in-memory batching: the floor for this network on this
     machine;
@@ -134,8 +133,7 @@ def run_case(name: str, rounds: int) -> dict:
         epochs[label] = lambda t=trainer: t.train_epoch()["seconds"]
 
     torch.manual_seed(0)
-    # .to(): the memory layout the library's trainer uses (channels-last conv weights on CPU)
-    plain = build_vae(config, data.event_shape, num_data=n).to(x.device)
+    plain = build_vae(config, data.event_shape, num_data=n)
     plain.train()
     log_sigma = torch.tensor(math.log(plain.likelihood.obs_scale), requires_grad=True) \
         if config.likelihood == "gaussian-learned" else None
@@ -152,7 +150,7 @@ def run_case(name: str, rounds: int) -> dict:
 
     epochs["plain"] = plain_timed
     switch.use("pyro-example")
-    example = build_vae(config, data.event_shape, num_data=n).to(x.device)
+    example = build_vae(config, data.event_shape, num_data=n)
     example.train()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x),
                                          batch_size=config.batch_size, shuffle=True)

@@ -90,14 +90,8 @@ class VAE:
         return self.train(False)
 
     def to(self, device: torch.device | str) -> VAE:
-        """Move the networks to ``device``. On the CPU, 4-D weights (convolutions) are stored
-        channels-last (NHWC), the layout in which oneDNN's convolutions and transposed
-        convolutions run fastest: 10-17 % less time per training step for the conv networks
-        (``benchmarks/train_speed.py``); MLPs have no 4-D tensors and are unchanged."""
-        device = torch.device(device)
-        memory_format = torch.channels_last if device.type == "cpu" else torch.preserve_format
         for module in self.modules().values():
-            module.to(device, memory_format=memory_format)
+            module.to(device)
         return self
 
     def _onehot(self, y: torch.Tensor | None, batch: int) -> torch.Tensor | None:
