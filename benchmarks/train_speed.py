@@ -15,10 +15,11 @@ Methods, for each case:
     ``pyro.infer.SVI`` with ``pyro.optim.Adam`` and the same ELBO class, on the same model and
     guide (Pyro's ``examples/vae/vae.py`` way).
 
-Rounds alternate a, a', b, c, a, a', b, c, ...; a round is one epoch (``--rounds`` of them) or,
-for the small 2-D data sets whose epochs take milliseconds, several epochs. The median seconds
-per epoch and the ratios a/b and c/a are printed as a Markdown table, with each method's test
-ELBO after the same number of epochs (1.96-SE half-widths are about twice the ± shown).
+After one untimed warm-up epoch per method (the JIT compile, allocator caches), rounds
+alternate a, a', b, c, a, a', b, c, ...; a round is one epoch (``--rounds`` of them) or, for the
+small 2-D data sets whose epochs take milliseconds, ten epochs. The median over all timed epochs
+of each method and the ratios a/b and c/a are printed as a Markdown table, with each method's
+test ELBO after the same number of epochs (1.96-SE half-widths are about twice the ± shown).
 
     python benchmarks/train_speed.py                    # every case (about 15 min)
     python benchmarks/train_speed.py --case moons --rounds 5
@@ -115,7 +116,7 @@ class StoreSwitch:
 
 def run_case(name: str, rounds: int) -> dict:
     options, epochs_per_round = CASES[name]
-    config = Config(**options, epochs=rounds * epochs_per_round).resolved()
+    config = Config(**options, epochs=rounds * epochs_per_round + 1).resolved()
     data = prepare_data(config)
     x, n = data.x_train, data.x_train.shape[0]
     analytic = config.elbo == "meanfield"
@@ -167,11 +168,14 @@ def run_case(name: str, rounds: int) -> dict:
 
     epochs["pyro-example"] = example_timed
 
+    for label, epoch in epochs.items():  # warm-up, untimed: JIT compile, allocator caches
+        switch.use(label)
+        epoch()
     times: dict[str, list[float]] = {k: [] for k in epochs}
     for _ in range(rounds):
         for label, epoch in epochs.items():
             switch.use(label)
-            times[label].append(sum(epoch() for _ in range(epochs_per_round)) / epochs_per_round)
+            times[label] += [epoch() for _ in range(epochs_per_round)]
     result = {"case": name, "config": config, "median": {}, "test_elbo": {}}
     for label, model in models.items():
         switch.use(label)
