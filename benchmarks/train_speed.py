@@ -17,9 +17,11 @@ Methods, for each case:
 
 After one untimed warm-up epoch per method (the JIT compile, allocator caches), rounds
 alternate a, a', b, c, a, a', b, c, ...; a round is one epoch (``--rounds`` of them) or, for the
-small 2-D data sets whose epochs take milliseconds, ten epochs. The median over all timed epochs
-of each method and the ratios a/b and c/a are printed as a Markdown table, with each method's
-test ELBO after the same number of epochs (1.96-SE half-widths are about twice the ± shown).
+small 2-D data sets whose epochs take milliseconds, ten epochs. Printed as a Markdown table:
+the median over all timed epochs of each method; the ratios a/b and c/a as the median over
+rounds of the ratio within a round (paired: on this shared VM the speed drifts by ±10 % between
+minutes, which cancels within a round); each method's test ELBO after the same number of epochs
+(1.96-SE half-widths are about twice the ± shown).
 
     python benchmarks/train_speed.py                    # every case (about 15 min)
     python benchmarks/train_speed.py --case moons --rounds 5
@@ -172,11 +174,17 @@ def run_case(name: str, rounds: int) -> dict:
         switch.use(label)
         epoch()
     times: dict[str, list[float]] = {k: [] for k in epochs}
+    round_means: dict[str, list[float]] = {k: [] for k in epochs}
     for _ in range(rounds):
         for label, epoch in epochs.items():
             switch.use(label)
-            times[label] += [epoch() for _ in range(epochs_per_round)]
-    result = {"case": name, "config": config, "median": {}, "test_elbo": {}}
+            seconds = [epoch() for _ in range(epochs_per_round)]
+            times[label] += seconds
+            round_means[label].append(statistics.fmean(seconds))
+    result = {"case": name, "config": config, "median": {}, "test_elbo": {},
+              "ratio": {pair: paired_ratio(round_means, *pair)
+                        for pair in (("library", "plain"), ("pyro-example", "library"),
+                                     (other, "library"))}}
     for label, model in models.items():
         switch.use(label)
         if label == "plain" and log_sigma is not None:  # its σ lives outside Pyro's store
@@ -188,11 +196,16 @@ def run_case(name: str, rounds: int) -> dict:
     return result
 
 
+def paired_ratio(round_means: dict[str, list[float]], a: str, b: str) -> float:
+    """Median over rounds of (a's time / b's time) within the same round: the two were
+    measured seconds apart, so the VM's drift between minutes cancels out of each ratio."""
+    return statistics.median(x / y for x, y in zip(round_means[a], round_means[b], strict=True))
+
+
 def format_row(r: dict) -> str:
     med, elbo, other = r["median"], r["test_elbo"], r["other"]
     cfg = r["config"]
-    ratios = (f"{med['library'] / med['plain']:.2f}", f"{med['pyro-example'] / med['library']:.2f}",
-              f"{med[other] / med['library']:.2f}")
+    ratios = [f"{v:.2f}" for v in r["ratio"].values()]
     elbos = " / ".join(f"{elbo[k].mean:.2f}" for k in ("library", "plain", "pyro-example"))
     se = max(elbo[k].stderr for k in ("library", "plain", "pyro-example"))
     return (f"| {r['case']} | {cfg.batch_size} | {cfg.elbo} | {'jit' if cfg.jit else 'no jit'} | "
@@ -213,7 +226,7 @@ def main() -> None:
     p.add_argument("--case", action="append", choices=sorted(CASES),
                    help="case to run (repeatable; default: all)")
     p.add_argument("--rounds", type=int, default=5,
-                   help="timing rounds per method (default 5); the median is reported")
+                   help="timing rounds per method (default 5); medians are reported")
     args = p.parse_args()
     print(f"torch {torch.__version__}, pyro {pyro.__version__}, "
           f"{torch.get_num_threads()} torch threads, rounds {args.rounds}")
