@@ -53,22 +53,29 @@ def test_jit_and_eager_paths_take_the_same_steps(elbo):
     assert jit.history[-1]["test_elbo"] > jit.history[0]["test_elbo"]
 
 
-def test_conv_jit_and_eager_paths_take_the_same_steps():
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 64, 64)])
+def test_conv_jit_and_eager_paths_take_the_same_steps(shape):
     """The conv networks compile too (every network tensor reaches the traced graph as an
-    input, none is baked in as a constant) and the compiled ELBO takes the eager steps."""
+    input, none is baked in as a constant; the 64×64 one has batch norm, whose running
+    statistics the graph updates in place) and the compiled ELBO takes the eager steps."""
     gen = torch.Generator().manual_seed(0)
-    images = torch.bernoulli(torch.rand(48, 1, 28, 28, generator=gen), generator=gen)
+    images = torch.bernoulli(torch.rand(48, *shape, generator=gen), generator=gen)
     data = DataSet("random-images", images[:32], images[32:], None, None, "image")
-    histories = []
+    histories, buffers = [], []
     for jit in (True, False):
         config = Config(arch="conv", latent_dim=4, batch_size=16, epochs=2, jit=jit,
                         likelihood="bernoulli", binarize="none").resolved()
         pyro.set_rng_seed(0)
         trainer = Trainer(config, data)
         histories.append([trainer.train_epoch() for _ in range(2)])
+        buffers.append(trainer.vae.encoder.state_dict())
     for a, b in zip(*histories, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["test_elbo"] == pytest.approx(b["test_elbo"], rel=1e-4)
+    for key, value in buffers[0].items():  # batch norm's statistics move in the graph too
+        if "running_mean" in key:
+            assert value.abs().max() > 0.01
+            torch.testing.assert_close(value, buffers[1][key], rtol=0, atol=5e-3, msg=key)
 
 
 def test_particles_optimizer_and_lr_schedules():
