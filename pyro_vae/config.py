@@ -139,8 +139,9 @@ class Config:
     def may_use_batch_norm(self) -> bool:
         """True for conv nets that can meet 64×64 images (CelebA, or image folders with
         ``--image-size 64``), whose networks have batch norm. The default ``jit`` is off for
-        them and on otherwise: JIT was 9–22 % faster than eager on the MLPs and 0–10 % on the
-        28×28 conv net, about equal on the 64×64 one (``benchmarks/train_speed.py``), and a
+        them and on otherwise: eager took 1.09–1.38× the JIT time on the MLPs, JIT 0–10 % less
+        than eager on the 28×28 conv net, about the same on the 64×64 one
+        (``benchmarks/train_speed.py``, BENCHMARKS.md), and a
         traced graph updates batch norm's running statistics but not its
         ``num_batches_tracked`` counter (unused with the default momentum)."""
         return self.arch == "conv" and self.dataset in ("celeba", "file") \
