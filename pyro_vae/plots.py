@@ -129,7 +129,8 @@ def plot_latent(vae: VAE, data: DataSet, path: Path) -> Path:
         pca = PCA(n_components=2).fit(mu)
         mu = pca.transform(mu)
         title += f" (PCA, {pca.explained_variance_ratio_.sum():.0%} of variance)"
-    sc = ax.scatter(mu[:, 0], mu[:, 1], c=labels, cmap="tab10", s=4, alpha=0.8)
+    colours = {} if labels is None else {"c": labels, "cmap": "tab10"}
+    sc = ax.scatter(mu[:, 0], mu[:, 1], s=4, alpha=0.8, **colours)
     if labels is not None:
         names = data.class_names or tuple(str(i) for i in range(int(labels.max()) + 1))
         handles = [plt.Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(i)), label=n)
