@@ -100,8 +100,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    "(analytic KL) (default trace)")
     i.add_argument("--jit", action=argparse.BooleanOptionalAction, default=None,
                    help="JIT-compile the ELBO, or --no-jit for Pyro's eager ELBO (default: "
-                        "the faster one measured in BENCHMARKS.md, JIT for MLPs, eager for "
-                        "conv nets)")
+                        "the faster one measured in BENCHMARKS.md: JIT, except eager for conv "
+                        "nets that may meet 64x64 images, which have batch norm)")
     i.add_argument("--num-particles", type=_int, default=1,
                    help="samples of z per data point per step, vectorized (default 1)")
     i.add_argument("--optimizer", default="adam", choices=OPTIMIZERS,
