@@ -37,6 +37,7 @@ from pyro_vae.sites import DATA_PLATE, DECODER_MODULE, ENCODER_MODULE, LATENT_SI
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from _common import SMOKE_DATA, add_run_options
 
 GRID = 15
 
@@ -94,12 +95,9 @@ def main() -> None:
     p.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "mnist",
                                                                   "digits"))
     p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="runs/autoencoder-vs-vae")
-    p.add_argument("--smoke", action="store_true", help="a seconds-long run on digits")
+    add_run_options(p, "runs/autoencoder-vs-vae", "a seconds-long run on digits")
     args = p.parse_args()
-    small = dict(dataset="digits", epochs=1, max_train=128, max_test=64) if args.smoke else \
+    small = dict(SMOKE_DATA, epochs=1) if args.smoke else \
         dict(dataset=args.dataset, epochs=args.epochs)
     hidden = (256,) if small["dataset"] == "digits" else (512,)
     config = Config(**small, hidden=hidden, latent_dim=2, likelihood="bernoulli",

@@ -26,6 +26,7 @@ from pyro_vae.reporting import write_results
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from _common import SMOKE_DATA, add_run_options
 
 
 def main() -> None:
@@ -35,12 +36,9 @@ def main() -> None:
     p.add_argument("--betas", default="0.5,1,2,4", type=lambda s: [float(v) for v in s.split(",")])
     p.add_argument("--latent-dim", type=int, default=2)
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="runs/beta-vae")
-    p.add_argument("--smoke", action="store_true", help="a seconds-long run on digits")
+    add_run_options(p, "runs/beta-vae", "a seconds-long run on digits")
     args = p.parse_args()
-    data_options = dict(dataset="digits", epochs=1, max_train=128, max_test=64) if args.smoke \
+    data_options = dict(SMOKE_DATA, epochs=1) if args.smoke \
         else dict(dataset=args.dataset, epochs=args.epochs)
     out = Path(args.out)
 

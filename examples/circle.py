@@ -30,6 +30,7 @@ from pyro_vae.reporting import write_results
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from _common import add_run_options
 
 SOURCE_TEST_ELBO = -0.93
 
@@ -40,10 +41,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--elbo", default="trace", choices=("trace", "meanfield"))
     p.add_argument("--iw-samples", type=int, default=5000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="runs/circle")
-    p.add_argument("--smoke", action="store_true", help="a seconds-long run")
+    add_run_options(p, "runs/circle")
     args = p.parse_args()
     if args.smoke:
         args.epochs, args.iw_samples = 3, 50

@@ -30,6 +30,7 @@ from pyro_vae.reporting import write_results
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from _common import SMOKE_DATA, add_run_options
 
 
 def show(images: torch.Tensor, nrow: int, path: Path, title: str) -> None:
@@ -47,12 +48,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--latent-dim", type=int, default=20)
     p.add_argument("--pairs", default="0-9,1-7,5-7", help="class pairs to interpolate between")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="runs/cvae")
-    p.add_argument("--smoke", action="store_true", help="a seconds-long run on digits")
+    add_run_options(p, "runs/cvae", "a seconds-long run on digits")
     args = p.parse_args()
-    data_options = dict(dataset="digits", epochs=1, max_train=128, max_test=64) if args.smoke \
+    data_options = dict(SMOKE_DATA, epochs=1) if args.smoke \
         else dict(dataset=args.dataset, epochs=args.epochs)
     config = Config(**data_options, conditional=True, latent_dim=args.latent_dim,
                     seed=args.seed, device=args.device)

@@ -26,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pyro
 import torch
+from _common import add_run_options
 from pyro.infer import SVI
 
 from pyro_vae import Config, build_vae, evaluate_elbo
@@ -64,9 +65,7 @@ def main() -> None:
     p.add_argument("--estimators", default=",".join(ESTIMATORS))
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/estimator-training")
-    p.add_argument("--smoke", action="store_true", help="a seconds-long run")
+    add_run_options(p, "runs/estimator-training", device=False)
     args = p.parse_args()
     if args.smoke:
         args.seconds, args.eval_every = 1.0, 0.5

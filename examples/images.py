@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from _common import add_run_options
+
 from pyro_vae import Config, iwae_log_likelihood, train_run
 from pyro_vae.evaluation import Estimate
 from pyro_vae.reporting import write_results
@@ -57,10 +59,7 @@ def main() -> None:
     p.add_argument("--iw-samples", type=int, default=1000)
     p.add_argument("--iw-points", type=int, default=1000,
                    help="test points for the IWAE estimate (default 1000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="runs/images")
-    p.add_argument("--smoke", action="store_true", help="a seconds-long run (digits by default)")
+    add_run_options(p, "runs/images", "a seconds-long run (digits by default)")
     args = p.parse_args()
     if args.smoke:
         if args.dataset not in ("digits", "celeba"):

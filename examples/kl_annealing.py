@@ -26,6 +26,7 @@ from pyro_vae.reporting import write_results
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from _common import SMOKE_DATA, add_run_options
 
 
 def main() -> None:
@@ -36,14 +37,11 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--warmup-epochs", type=int, default=10)
     p.add_argument("--cyclical", action="store_true", help="also run 4 cycles of β")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="runs/kl-annealing")
-    p.add_argument("--smoke", action="store_true", help="a seconds-long run on digits")
+    add_run_options(p, "runs/kl-annealing", "a seconds-long run on digits")
     args = p.parse_args()
     data_options = dict(dataset=args.dataset, epochs=args.epochs)
     if args.smoke:
-        data_options = dict(dataset="digits", epochs=2, max_train=128, max_test=64)
+        data_options = dict(SMOKE_DATA, epochs=2)
         args.warmup_epochs = 1
     schedules = {"constant β = 1": dict(kl_schedule="constant"),
                  f"linear warm-up, {args.warmup_epochs} epochs":

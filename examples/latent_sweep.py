@@ -26,6 +26,7 @@ from pyro_vae.reporting import write_results
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from _common import SMOKE_DATA, add_run_options
 
 
 def main() -> None:
@@ -37,14 +38,11 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--iw-samples", type=int, default=1000)
     p.add_argument("--iw-points", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="runs/latent-sweep")
-    p.add_argument("--smoke", action="store_true", help="a seconds-long run on digits")
+    add_run_options(p, "runs/latent-sweep", "a seconds-long run on digits")
     args = p.parse_args()
     data_options = dict(dataset=args.dataset, epochs=args.epochs)
     if args.smoke:
-        data_options = dict(dataset="digits", epochs=1, max_train=128, max_test=64)
+        data_options = dict(SMOKE_DATA, epochs=1)
         args.latent_dims, args.iw_samples, args.iw_points = [2, 5], 10, 16
     out = Path(args.out)
 

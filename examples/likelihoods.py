@@ -39,6 +39,7 @@ from pyro_vae.runs import prepare_data
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from _common import SMOKE_DATA, add_run_options
 
 #: likelihood -> (config options, is a density on the dequantized pixels)
 MODELS = {
@@ -62,15 +63,12 @@ def main() -> None:
     p.add_argument("--latent-dim", type=int, default=20)
     p.add_argument("--iw-samples", type=int, default=1000)
     p.add_argument("--iw-points", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="runs/likelihoods")
-    p.add_argument("--smoke", action="store_true", help="a seconds-long run on digits")
+    add_run_options(p, "runs/likelihoods", "a seconds-long run on digits")
     args = p.parse_args()
     # digits are 17 grey levels, not 8-bit; the smoke run only checks that everything runs
     data_options = dict(dataset=args.dataset, epochs=args.epochs)
     if args.smoke:
-        data_options = dict(dataset="digits", epochs=1, max_train=128, max_test=64)
+        data_options = dict(SMOKE_DATA, epochs=1)
         args.iw_samples, args.iw_points = 10, 16
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ import time
 
 import pyro
 import torch
+from _common import add_run_options
 from pyro.infer import SVI, TraceMeanField_ELBO
 
 from pyro_vae import VAE, MLPDecoder, MLPEncoder, elbo_terms, load_dataset, make_likelihood
@@ -42,10 +43,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1000, help="full-batch SVI steps")
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--max-points", type=int, default=None, help="use the first N points only")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="runs/linear-vae-ppca")
-    p.add_argument("--smoke", action="store_true", help="a seconds-long run")
+    add_run_options(p, "runs/linear-vae-ppca")
     args = p.parse_args()
     steps = 5 if args.smoke else args.steps
     data = load_dataset(args.dataset)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from _common import add_run_options
+
 from pyro_vae import Config, iwae_log_likelihood, train_run
 from pyro_vae.reporting import write_results
 
@@ -29,10 +31,7 @@ LIKELIHOODS = {"laplace": 0.1, "gaussian-learned": 0.1}  # name -> (fixed | init
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="runs/moons")
-    p.add_argument("--smoke", action="store_true", help="a seconds-long run")
+    add_run_options(p, "runs/moons")
     args = p.parse_args()
     epochs = 2 if args.smoke else args.epochs
 

@@ -30,6 +30,7 @@ from pyro_vae.vem import VariationalEM, fit_local, gaussian_elbo
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from _common import add_run_options
 
 
 def main() -> None:
@@ -40,9 +41,7 @@ def main() -> None:
     p.add_argument("--max-train", type=int, default=None)
     p.add_argument("--max-test", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/vem-vs-vae")
-    p.add_argument("--smoke", action="store_true", help="a seconds-long run")
+    add_run_options(p, "runs/vem-vs-vae", device=False)
     args = p.parse_args()
     if args.smoke:
         args.epochs, args.max_train, args.max_test, args.batch_size = 2, 300, 50, 100

@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pyro_vae.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pyro_vae.config import Config
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,15 @@ class KLSchedule:
     total_steps: int = 1
     cycles: int = 4
     ramp: float = 0.5
+
+    @classmethod
+    def for_run(cls, config: Config, steps_per_epoch: int) -> KLSchedule:
+        """The schedule ``config`` asks for, over ``config.epochs`` epochs of
+        ``steps_per_epoch`` optimization steps."""
+        return cls(config.kl_schedule, config.beta,
+                   warmup_steps=config.warmup_epochs * steps_per_epoch,
+                   total_steps=steps_per_epoch * max(1, config.epochs), cycles=config.cycles,
+                   ramp=config.cycle_ramp)
 
     def __call__(self, step: int) -> float:
         if self.kind == "constant":

@@ -34,15 +34,20 @@ import pyro
 import torch
 
 from pyro_vae.annealing import KLSchedule
-from pyro_vae.checkpoint import CHECKPOINT_NAME, get_rng_state, save_checkpoint
+from pyro_vae.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from pyro_vae.config import Config
 from pyro_vae.data import DataSet
 from pyro_vae.errors import ConfigError
-from pyro_vae.evaluation import evaluate_elbo
 from pyro_vae.factory import build_optimizer, build_vae
 from pyro_vae.objectives import make_elbo
 from pyro_vae.sites import OBS_SCALE_PARAM
-from pyro_vae.training import train_eval_subset, trainable_params
+from pyro_vae.training import (
+    binarize,
+    checkpoint_state,
+    epoch_metrics,
+    train_eval_subset,
+    trainable_params,
+)
 
 try:
     import lightning as L
@@ -77,18 +82,18 @@ class VAELightningModule(_LightningModule):
         self.elbo = make_elbo(config.elbo, config.num_particles, jit=False)
         workers = config.devices * config.num_nodes  # each sees ⌈N / W⌉ points per epoch
         steps = math.ceil(math.ceil(n / workers) / config.batch_size)
-        self.kl_schedule = KLSchedule(config.kl_schedule, config.beta,
-                                      warmup_steps=config.warmup_epochs * steps,
-                                      total_steps=steps * config.epochs, cycles=config.cycles,
-                                      ramp=config.cycle_ramp)
+        self.kl_schedule = KLSchedule.for_run(config, steps)
         self.history: list[dict[str, Any]] = []
         self._epoch_start = 0.0
         self._epoch_loss: list[float] = []
+        self._x_eval_train: torch.Tensor | None = None  # set on the worker's device
+        self._y_eval_train: torch.Tensor | None = None
 
     def on_train_start(self) -> None:
         # identical initial weights everywhere (same seed), different noise per worker
         torch.manual_seed(self.config.seed + 1000 * self.global_rank)
         self.data = self.data.to(self.device)
+        self._x_eval_train, self._y_eval_train = train_eval_subset(self.config, self.data)
 
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
@@ -98,7 +103,7 @@ class VAELightningModule(_LightningModule):
         (idx,) = batch
         x = self.data.x_train[idx]
         if self.config.binarize == "dynamic":
-            x = torch.bernoulli(x)
+            x = binarize(x)
         y = self.data.y_train[idx] if self.vae.conditional else None
         beta = self.kl_schedule(self.global_step)
         loss = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, y, idx, beta)
@@ -121,12 +126,8 @@ class VAELightningModule(_LightningModule):
             "beta": self.kl_schedule(self.global_step - 1), "skipped_steps": 0,
             "lr": float(self.trainer.optimizers[0].param_groups[0]["lr"]),
         }
-        y_test = self.data.y_test if self.vae.conditional else None
-        x_train, y_train = train_eval_subset(self.config, self.data)
-        y_train = y_train if self.vae.conditional else None
-        for split, x, y in (("train", x_train, y_train), ("test", self.data.x_test, y_test)):
-            for key, est in evaluate_elbo(self.vae, x, y, self.config.eval_samples).items():
-                metrics[f"{split}_{key}"], metrics[f"{split}_{key}_se"] = est.mean, est.stderr
+        metrics.update(epoch_metrics(self.vae, self.data, self._x_eval_train,
+                                     self._y_eval_train, self.config.eval_samples))
         if OBS_SCALE_PARAM in pyro.get_param_store():
             metrics["obs_scale"] = float(pyro.param(OBS_SCALE_PARAM).detach())
         self.history.append(metrics)
@@ -180,20 +181,11 @@ def train_distributed(config: Config, run_dir: str | Path, data: DataSet,
     from pyro_vae.runs import _write_json, environment, write_metrics
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    optimizer = trainer.optimizers[0]
-    state = {
-        "config": config.to_dict(),
-        "data": {"event_shape": list(module.vae.event_shape),
-                 "num_data": int(data.x_train.shape[0]), "num_classes": data.num_classes},
-        "epoch": config.epochs, "global_step": int(trainer.global_step),
-        "modules": {name: m.state_dict() for name, m in module.vae.modules().items()},
-        "params": {name: t.detach().clone() for name, t in module.trained.items()
-                   if any(t is p for p in module.pyro_params)},
-        "optimizer": {"params": list(module.trained), "state": optimizer.state_dict(),
-                      "scheduler": None},
-        "rng": get_rng_state(),
-        "history": module.history,
-    }
+    # the scheduler's state is not saved: a ddp run is not resumed
+    state = checkpoint_state(config, module.vae, data, epoch=config.epochs,
+                             global_step=int(trainer.global_step), trained=list(module.trained),
+                             optimizer=trainer.optimizers[0], scheduler=None,
+                             history=module.history)
     save_checkpoint(state, run_dir / CHECKPOINT_NAME)
     write_metrics(run_dir, module.history)
     _write_json(run_dir / "config.json", config.to_dict())

@@ -11,7 +11,7 @@ One step is what ``pyro.infer.SVI.step`` does, driven more cheaply:
    (``Trace_ELBO``, ``TraceMeanField_ELBO`` or their JIT versions) on the unchanged ``model``
    and ``guide``, returning the surrogate whose gradient is the ELBO gradient estimate;
 2. ``loss.backward()``;
-3. a finiteness check of the loss and of the gradients' total norm: a NaN or infinite value
+3. a finiteness check of the loss and of every gradient entry: a NaN or infinite value
    never reaches the parameters (the run stops with :class:`TrainingDivergedError` naming the
    epoch and step or, with ``skip_nonfinite``, the step is skipped and counted);
 4. one ``torch.optim`` optimizer step over every trainable tensor (network weights and the
@@ -116,6 +116,50 @@ def train_eval_subset(config: Config, data: DataSet) -> tuple[torch.Tensor, torc
     return x, y
 
 
+def epoch_metrics(vae: VAE, data: DataSet, x_train: torch.Tensor,
+                  y_train: torch.Tensor | None, num_samples: int) -> dict[str, float]:
+    """``train_elbo`` / ``train_recon`` / ``train_kl`` on ``x_train`` (the subset of
+    :func:`train_eval_subset`), ``test_*`` on the test set, each with its ``*_se``."""
+    out: dict[str, float] = {}
+    y_test = data.y_test if vae.conditional else None
+    y_train = y_train if vae.conditional else None
+    for split, x, y in (("train", x_train, y_train), ("test", data.x_test, y_test)):
+        for key, est in evaluate_elbo(vae, x, y, num_samples=num_samples).items():
+            out[f"{split}_{key}"] = est.mean
+            out[f"{split}_{key}_se"] = est.stderr
+    return out
+
+
+def checkpoint_state(config: Config, vae: VAE, data: DataSet, *, epoch: int, global_step: int,
+                     trained: list[str], optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+                     history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The checkpoint payload (format in :mod:`pyro_vae.checkpoint`): ``vae``'s networks, the
+    other ``pyro.param`` values of the param store, and ``optimizer`` over the tensors named
+    ``trained``."""
+    module_prefixes = tuple(f"{name}$$$" for name in vae.modules())
+    unconstrained = pyro.get_param_store().get_state()["params"]
+    params = {name: value.detach().clone() for name, value in unconstrained.items()
+              if not name.startswith(module_prefixes)}
+    return {
+        "config": config.to_dict(),
+        "data": {"event_shape": list(vae.event_shape),
+                 "num_data": int(data.x_train.shape[0]),
+                 "num_classes": data.num_classes},
+        "epoch": epoch,
+        "global_step": global_step,
+        "modules": {name: m.state_dict() for name, m in vae.modules().items()},
+        "params": params,
+        "optimizer": {
+            "params": list(trained),
+            "state": optimizer.state_dict(),
+            "scheduler": None if scheduler is None else scheduler.state_dict(),
+        },
+        "rng": get_rng_state(),
+        "history": history,
+    }
+
+
 def binarize(x: torch.Tensor) -> torch.Tensor:
     """One draw x_bin ~ Bernoulli(x) per pixel (dynamic binarization)."""
     return torch.bernoulli(x)
@@ -145,11 +189,7 @@ class Trainer:
         self._compiled: set[int] = set()  # batch sizes the JIT ELBO is compiled for
         n = data.x_train.shape[0]
         self.steps_per_epoch = math.ceil(n / config.batch_size)
-        total = self.steps_per_epoch * max(1, config.epochs)
-        self.kl_schedule = KLSchedule(config.kl_schedule, config.beta,
-                                      warmup_steps=config.warmup_epochs * self.steps_per_epoch,
-                                      total_steps=total, cycles=config.cycles,
-                                      ramp=config.cycle_ramp)
+        self.kl_schedule = KLSchedule.for_run(config, self.steps_per_epoch)
         self.epoch = 0
         self.global_step = 0
         self.history: list[dict[str, Any]] = []
@@ -289,43 +329,18 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """ELBO, reconstruction and KL per point on the test set and a training subset."""
-        out: dict[str, float] = {}
-        y_test = self.data.y_test if self.vae.conditional else None
-        y_train = self._y_eval_train if self.vae.conditional else None
-        for split, x, y in (("train", self._x_eval_train, y_train),
-                            ("test", self.data.x_test, y_test)):
-            est = evaluate_elbo(self.vae, x, y, num_samples=self.config.eval_samples)
-            for key, e in est.items():
-                out[f"{split}_{key}"] = e.mean
-                out[f"{split}_{key}_se"] = e.stderr
-        return out
+        return epoch_metrics(self.vae, self.data, self._x_eval_train, self._y_eval_train,
+                             self.config.eval_samples)
 
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        module_prefixes = tuple(f"{name}$$$" for name in self.vae.modules())
-        unconstrained = pyro.get_param_store().get_state()["params"]
-        params = {name: value.detach().clone() for name, value in unconstrained.items()
-                  if not name.startswith(module_prefixes)}
-        return {
-            "config": self.config.to_dict(),
-            "data": {"event_shape": list(self.vae.event_shape),
-                     "num_data": int(self.data.x_train.shape[0]),
-                     "num_classes": self.data.num_classes},
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-            "modules": {name: m.state_dict() for name, m in self.vae.modules().items()},
-            "params": params,
-            "optimizer": {
-                "params": list(self.params),
-                "state": self.optimizer.state_dict(),
-                "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
-            },
-            "rng": get_rng_state(),
-            "history": self.history,
-        }
+        return checkpoint_state(self.config, self.vae, self.data, epoch=self.epoch,
+                                global_step=self.global_step, trained=list(self.params),
+                                optimizer=self.optimizer, scheduler=self.scheduler,
+                                history=self.history)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore networks, params, optimizer, RNG and history from a checkpoint."""

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = sorted(p for p in EXAMPLES_DIR.glob("*.py") if not p.name.startswith("_"))
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.stem)
@@ -30,6 +31,7 @@ def test_images_example_trains_the_celeba_model_on_generated_files(tmp_path, mon
     make_celeba_files(tmp_path / "data")
     monkeypatch.setattr(torchvision.datasets.CelebA, "_check_integrity", lambda self: True)
     script = next(p for p in EXAMPLES if p.stem == "images")
+    monkeypatch.syspath_prepend(str(EXAMPLES_DIR))  # what running the script by path does
     monkeypatch.setattr(sys, "argv", [str(script), "--dataset", "celeba", "--data-root",
                                       str(tmp_path / "data"), "--smoke", "--out",
                                       str(tmp_path / "out")])
