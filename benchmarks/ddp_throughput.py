@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from pyro_vae.checkpoint import load_checkpoint
-from pyro_vae.reporting import markdown_header, markdown_row
+from pyro_vae.lab.reporting import markdown_header, markdown_row
 
 
 def train(out: Path, options: list[str]) -> None:

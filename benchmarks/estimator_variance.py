@@ -21,7 +21,7 @@ import pyro
 import torch
 
 from pyro_vae import Config, load_run, train_run
-from pyro_vae.variance import run_lab, write_report
+from pyro_vae.lab.variance import run_lab, write_report
 
 SETTINGS = {
     "moons": dict(dataset="moons", epochs=200),

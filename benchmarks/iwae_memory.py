@@ -18,13 +18,13 @@ import json
 import subprocess
 import sys
 
-from pyro_vae.reporting import markdown_header, markdown_row
+from pyro_vae.lab.reporting import markdown_header, markdown_row
 
 CHILD = """
 import json, resource, sys, time
 import torch
 from pyro_vae import iwae_log_likelihood, load_run
-from pyro_vae.evaluation import Estimate
+from pyro_vae.infer.evaluation import Estimate
 run, points, k = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 loaded = load_run(run)
 x = loaded.data.x_test[:points]

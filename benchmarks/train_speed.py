@@ -43,9 +43,9 @@ from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from torch.distributions import constraints
 
 from pyro_vae import Config, Trainer, build_vae, evaluate_elbo
-from pyro_vae.runs import prepare_data
+from pyro_vae.data import prepare_data
+from pyro_vae.models.vae import VAE
 from pyro_vae.sites import OBS_SCALE_PARAM
-from pyro_vae.vae import VAE
 
 FMNIST_MLP = dict(dataset="fashion-mnist", hidden=(400,), latent_dim=50, activation="softplus",
                   likelihood="bernoulli", binarize="threshold", lr=1e-3)
@@ -131,7 +131,7 @@ def run_case(name: str, rounds: int) -> dict:
     pyro.set_rng_seed(0)
     for label, jit in (("library", default_jit), (other, not default_jit)):
         switch.use(label)
-        trainer = Trainer(dataclasses.replace(config, jit=jit), data)
+        trainer = Trainer.from_config(dataclasses.replace(config, jit=jit), data)
         models[label] = trainer.vae
         epochs[label] = lambda t=trainer: t.train_epoch()["seconds"]
 

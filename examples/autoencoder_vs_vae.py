@@ -30,9 +30,10 @@ from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 
 from pyro_vae import Config, build_vae, train_run
-from pyro_vae.evaluation import elbo_terms, evaluating
+from pyro_vae.infer.evaluation import elbo_terms
+from pyro_vae.lab.reporting import write_results
+from pyro_vae.models import evaluating
 from pyro_vae.plots import show_grid
-from pyro_vae.reporting import write_results
 from pyro_vae.sites import DATA_PLATE, DECODER_MODULE, ENCODER_MODULE, LATENT_SITE, OBS_SITE
 
 matplotlib.use("Agg")

@@ -25,8 +25,9 @@ from pathlib import Path
 import matplotlib
 
 from pyro_vae import Config, circle_log_density, elbo_terms, iwae_log_likelihood, train_run
-from pyro_vae.evaluation import Estimate, evaluating
-from pyro_vae.reporting import write_results
+from pyro_vae.infer.evaluation import Estimate
+from pyro_vae.lab.reporting import write_results
+from pyro_vae.models import evaluating
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt

@@ -24,9 +24,9 @@ import torch
 from pyro.infer import Predictive
 
 from pyro_vae import LATENT_SITE, Config, train_run
-from pyro_vae.evaluation import evaluating
+from pyro_vae.lab.reporting import write_results
+from pyro_vae.models import evaluating
 from pyro_vae.plots import show_grid
-from pyro_vae.reporting import write_results
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt

@@ -30,8 +30,8 @@ from _common import add_run_options
 from pyro.infer import SVI
 
 from pyro_vae import Config, build_vae, evaluate_elbo
-from pyro_vae.estimators import ESTIMATORS, mean_integrand, svi_objective
-from pyro_vae.runs import prepare_data
+from pyro_vae.data import prepare_data
+from pyro_vae.infer.estimators import ESTIMATORS, mean_integrand, svi_objective
 
 
 def train_with(estimator, vae0, data, args):

@@ -25,8 +25,8 @@ import time
 from _common import add_run_options
 
 from pyro_vae import Config, iwae_log_likelihood, train_run
-from pyro_vae.evaluation import Estimate
-from pyro_vae.reporting import write_results
+from pyro_vae.infer.evaluation import Estimate
+from pyro_vae.lab.reporting import write_results
 
 
 def model_configs(args: argparse.Namespace) -> dict[str, Config]:

@@ -21,8 +21,8 @@ from pathlib import Path
 import matplotlib
 
 from pyro_vae import Config, iwae_log_likelihood, train_run
-from pyro_vae.evaluation import Estimate, active_units
-from pyro_vae.reporting import write_results
+from pyro_vae.infer.evaluation import Estimate, active_units
+from pyro_vae.lab.reporting import write_results
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt

@@ -32,10 +32,11 @@ import pyro
 import torch
 
 from pyro_vae import Config, Trainer, iwae_log_likelihood
-from pyro_vae.evaluation import Estimate, evaluating
+from pyro_vae.data import prepare_data
+from pyro_vae.infer.evaluation import Estimate
+from pyro_vae.lab.reporting import write_results
+from pyro_vae.models import evaluating
 from pyro_vae.plots import show_grid
-from pyro_vae.reporting import write_results
-from pyro_vae.runs import prepare_data
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -82,7 +83,7 @@ def main() -> None:
                                    x_test=dequantize(data.x_test, args.seed + 1))
         pyro.set_rng_seed(args.seed)
         start = time.perf_counter()
-        trainer = Trainer(config, data, args.device)
+        trainer = Trainer.from_config(config, data, args.device)
         for _ in range(config.epochs):
             last = trainer.train_epoch()
         seconds = time.perf_counter() - start

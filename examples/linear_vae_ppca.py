@@ -31,9 +31,9 @@ from _common import add_run_options
 from pyro.infer import SVI, TraceMeanField_ELBO
 
 from pyro_vae import VAE, MLPDecoder, MLPEncoder, elbo_terms, load_dataset, make_likelihood
-from pyro_vae.evaluation import evaluating
-from pyro_vae.ppca import gaussian_marginal_log_prob, ppca_mle, principal_cosines
-from pyro_vae.reporting import write_results
+from pyro_vae.lab.reporting import write_results
+from pyro_vae.models import evaluating
+from pyro_vae.models.ppca import gaussian_marginal_log_prob, ppca_mle, principal_cosines
 
 
 def main() -> None:

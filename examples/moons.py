@@ -23,7 +23,7 @@ import time
 from _common import add_run_options
 
 from pyro_vae import Config, iwae_log_likelihood, train_run
-from pyro_vae.reporting import write_results
+from pyro_vae.lab.reporting import write_results
 
 LIKELIHOODS = {"laplace": 0.1, "gaussian-learned": 0.1}  # name -> (fixed | initial) scale
 

@@ -25,8 +25,8 @@ import pyro
 import torch
 
 from pyro_vae import Config, Trainer, evaluate_elbo
-from pyro_vae.runs import prepare_data
-from pyro_vae.vem import VariationalEM, fit_local, gaussian_elbo
+from pyro_vae.data import prepare_data
+from pyro_vae.infer.vem import VariationalEM, fit_local, gaussian_elbo
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -57,7 +57,7 @@ def main() -> None:
     n = x_train.shape[0]
 
     pyro.set_rng_seed(args.seed)
-    vae_trainer = Trainer(config, data)
+    vae_trainer = Trainer.from_config(config, data)
     vae_curve, spent = [], 0.0
     for _ in range(args.epochs):
         m = vae_trainer.train_epoch()
@@ -67,7 +67,7 @@ def main() -> None:
 
     pyro.set_rng_seed(args.seed)
     pyro.clear_param_store()
-    from pyro_vae.factory import build_vae
+    from pyro_vae.models.builder import build_vae
 
     vem_vae = build_vae(config, data.event_shape)
     vem = VariationalEM(vem_vae, n, e_steps=5, e_lr=3e-2, m_lr=config.lr)

@@ -1,19 +1,25 @@
-"""One-file checkpoints, written atomically and read back with clear errors.
+"""Checkpoints: what one holds, built and read here only, written atomically, read with clear
+errors; and :func:`save` / :func:`load` of a model trained by any loop.
 
 A checkpoint is a dict of tensors and plain Python values (loadable with
 ``torch.load(weights_only=True)``, so no pickled code runs on load):
 
-==================  ========================================================================
-``format``          ``"pyro-vae-checkpoint"``; ``format_version`` its layout version
-``config``          the full resolved :class:`~pyro_vae.config.Config` as a dict
-``data``            ``event_shape``, ``num_data``, ``num_classes`` of the training data
-``epoch``           epochs completed; ``global_step`` optimization steps taken
-``modules``         ``state_dict()`` of the encoder and decoder (weights and buffers)
-``params``          the other ``pyro.param`` values (unconstrained), e.g. ``obs_scale``
-``optimizer``       names of the trained tensors, torch optimizer and LR-scheduler state
-``rng``             torch (and CUDA), Python and NumPy generator states
-``history``         the metrics of every completed epoch
-==================  ========================================================================
+=====================  =====================================================================
+``format``             ``"pyro-vae-checkpoint"``; ``format_version`` its layout version (3;
+                       version 2 files, with ``modules`` instead of ``model``, are read too)
+``config``             the resolved :class:`~pyro_vae.config.Config` as a dict, or ``None``
+                       for a hand-built model (then :func:`load` needs the model object)
+``data``               ``event_shape``, ``num_data``, ``num_classes`` of the training data
+``epoch``              epochs completed; ``global_step`` optimization steps taken
+``model``              ``vae.state_dict()``: encoder, decoder, learned observation scale
+``guide``              ``state_dict()`` of a user's guide module, or ``None``
+``params``             other ``pyro.param`` values (unconstrained) by name, and
+                       ``param_constraints`` their constraints by name
+``optimizer``          names of the trained tensors, torch optimizer and LR-scheduler state
+                       (``None`` for a model saved outside a trainer)
+``rng``                torch (and CUDA), Python and NumPy generator states
+``history``            the metrics of every completed epoch
+=====================  =====================================================================
 
 Writing goes to a temporary file in the same folder, which is flushed, fsync'ed and then renamed
 over the old checkpoint (``os.replace`` is atomic): a crash at any moment leaves either the old
@@ -30,12 +36,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyro
 import torch
+from torch import nn
+from torch.distributions import constraints, transform_to
 
-from pyro_vae.errors import CheckpointError
+from pyro_vae.config import Config
+from pyro_vae.errors import CheckpointError, ConfigError
+from pyro_vae.models.builder import build_vae
+from pyro_vae.models.vae import VAE
 
 FORMAT = "pyro-vae-checkpoint"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: Older layouts this version still reads.
+READABLE_VERSIONS = (2, 3)
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
@@ -109,13 +123,205 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{CHECKPOINT_NAME} that 'pyro-vae train' wrote"
         )
     version = payload.get("format_version")
-    if version != FORMAT_VERSION:
+    if version == 2:
+        payload = _upgrade_v2(payload)
+    elif version != FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has checkpoint format {version}, this pyro-vae reads format "
             f"{FORMAT_VERSION}; use the pyro-vae version that wrote it, or re-train"
         )
-    missing = [k for k in ("config", "data", "epoch", "modules", "params", "optimizer", "rng",
+    missing = [k for k in ("config", "data", "epoch", "model", "params", "optimizer", "rng",
                            "history") if k not in payload]
     if missing:
         raise CheckpointError(f"{path} lacks {missing}: it is damaged; delete it and re-train")
     return payload
+
+
+# --------------------------------------------------------------------------- the payload
+#: Constraints a checkpoint records by name (torch constraint objects are not plain data).
+CONSTRAINTS: dict[str, constraints.Constraint] = {
+    "real": constraints.real, "positive": constraints.positive,
+    "unit_interval": constraints.unit_interval, "simplex": constraints.simplex,
+    "lower_cholesky": constraints.lower_cholesky,
+    "positive_definite": constraints.positive_definite,
+}
+
+
+def _constraint_name(constraint: constraints.Constraint, param: str) -> str:
+    for name, known in CONSTRAINTS.items():
+        if constraint is known or (type(constraint) is type(known) and constraint == known):
+            return name
+    raise CheckpointError(
+        f"pyro.param {param!r} has constraint {constraint}, which a checkpoint cannot record "
+        f"(it records {', '.join(CONSTRAINTS)}); use one of those, or save that param yourself"
+    )
+
+
+def guide_module(guide: Any) -> nn.Module | None:
+    """The ``nn.Module`` that owns a guide (the guide itself, or the module of a bound method),
+    or ``None``."""
+    owner = getattr(guide, "__self__", guide)
+    return owner if isinstance(owner, nn.Module) else None
+
+
+def _store_params(vae: nn.Module, guide: Any) -> dict[str, torch.Tensor]:
+    """Unconstrained param-store values that neither the model nor the guide module holds."""
+    held = {id(p) for p in vae.parameters()}
+    owner = guide_module(guide)
+    if owner is not None and owner is not vae:
+        held |= {id(p) for p in owner.parameters()}
+    store = pyro.get_param_store()
+    return {name: value for name, value in store.named_parameters() if id(value) not in held
+            and not name.startswith("__baseline")}
+
+
+def data_description(vae: VAE | Any, num_data: int | None = None,
+                     num_classes: int | None = None) -> dict[str, Any]:
+    """The ``data`` entry: event shape, data size and classes the model was trained on."""
+    return {"event_shape": list(getattr(vae, "event_shape", ())),
+            "num_data": num_data if num_data is not None else getattr(vae, "num_data", None),
+            "num_classes": num_classes if num_classes is not None
+            else getattr(vae, "num_classes", None)}
+
+
+def checkpoint_payload(
+    vae: nn.Module, *, config: Config | None = None, guide: Any = None,
+    data: dict[str, Any] | None = None, epoch: int = 0, global_step: int = 0,
+    optimizer: torch.optim.Optimizer | None = None, trained: list[str] | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    history: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Everything a checkpoint holds for ``vae`` (and a user's ``guide``), see the module
+    docstring; ``optimizer`` over the tensors named ``trained``."""
+    store = pyro.get_param_store()
+    params = _store_params(vae, guide)
+    owner = guide_module(guide)
+    return {
+        "config": None if config is None else config.to_dict(),
+        "data": data if data is not None else data_description(vae),
+        "epoch": int(epoch),
+        "global_step": int(global_step),
+        "model": {k: v.detach().clone() for k, v in vae.state_dict().items()},
+        "guide": None if owner is None or owner is vae else owner.state_dict(),
+        "params": {name: value.detach().clone() for name, value in params.items()},
+        "param_constraints": {name: _constraint_name(store._constraints[name], name)
+                              for name in params},
+        "optimizer": None if optimizer is None else {
+            "params": list(trained or []),
+            "state": optimizer.state_dict(),
+            "scheduler": None if scheduler is None else scheduler.state_dict(),
+        },
+        "rng": get_rng_state(),
+        "history": list(history or []),
+    }
+
+
+def _load_into(module: nn.Module, state: Any, what: str) -> None:
+    if not isinstance(state, dict):
+        raise CheckpointError(f"the checkpoint's {what} weights are missing or damaged; "
+                              "re-train, or restore the file from a backup")
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0][:160]
+        raise CheckpointError(
+            f"the checkpoint's {what} does not fit this model ({first}); it was written for "
+            "another configuration: build the model with the same options, or train afresh"
+        ) from None
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() \
+                and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"the checkpoint's {what} weight {name!r} holds NaN or "
+                                  "infinite values; re-train, or use an earlier checkpoint")
+
+
+def restore_model(vae: nn.Module, payload: dict[str, Any], guide: Any = None) -> None:
+    """Load a checkpoint's weights into ``vae`` (and the guide module), in place, and its other
+    ``pyro.param`` values into the param store.
+
+    Loading in place keeps every tensor's identity, so the param store, the optimizer and the
+    forward pass keep sharing them: nothing is shadowed.
+    """
+    _load_into(vae, payload["model"], "model")
+    owner = guide_module(guide)
+    if payload.get("guide") is not None:
+        if owner is None or owner is vae:
+            raise CheckpointError("the checkpoint holds the weights of a guide module; pass "
+                                  "that guide (guide=...) to load them")
+        _load_into(owner, payload["guide"], "guide")
+    store = pyro.get_param_store()
+    names = payload.get("param_constraints", {})
+    for name, value in payload["params"].items():
+        constraint = CONSTRAINTS.get(names.get(name, "real"), constraints.real)
+        if name in store._params and store._params[name].shape == value.shape:
+            with torch.no_grad():
+                store._params[name].copy_(value)
+        else:
+            if name in store._params:
+                del store[name]
+            with torch.no_grad():
+                store.setdefault(name, transform_to(constraint)(value), constraint)
+
+
+def _upgrade_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    """A format-2 payload in the format-3 layout: networks and the learned scale under
+    ``model``, other params unchanged."""
+    payload = dict(payload)
+    modules = payload.pop("modules", None)
+    if not isinstance(modules, dict):
+        return payload  # reported as damaged by the caller's check
+    model = {f"{net}.{k}": v for net, sd in modules.items() if isinstance(sd, dict)
+             for k, v in sd.items()}
+    params = dict(payload.get("params") or {})
+    if "obs_scale" in params:
+        model["obs_scale_unconstrained"] = params.pop("obs_scale")
+    payload.update(model=model, guide=None, params=params, param_constraints={},
+                   format_version=FORMAT_VERSION)
+    return payload
+
+
+def save(vae: VAE, path: str | Path, *, config: Config | None = None, guide: Any = None,
+         history: list[dict[str, Any]] | None = None) -> Path:
+    """Save a model trained by any loop (``SVI``, the trainer, your own) as a checkpoint.
+
+    :param path: a file, or a folder (then ``<folder>/checkpoint.pt``, a run folder that
+        ``pyro-vae evaluate / sample / plot`` read when ``config`` is given).
+    :param config: the configuration that builds this model (:func:`pyro_vae.build_vae`);
+        without it :func:`load` needs the model object to load into.
+    :param guide: a guide other than ``vae.guide``: its module's weights and params are saved.
+    :returns: the checkpoint file written.
+    """
+    path = Path(path)
+    if path.is_dir() or path.suffix == "":
+        path = path / CHECKPOINT_NAME
+    save_checkpoint(checkpoint_payload(vae, config=config, guide=guide, history=history), path)
+    return path
+
+
+def load(path: str | Path, vae: VAE | None = None, *, guide: Any = None,
+         map_location: str | torch.device = "cpu") -> VAE:
+    """Load a checkpoint into ``vae`` or, when ``vae`` is ``None``, into the model its stored
+    configuration builds; returns the model, in eval mode.
+
+    :raises CheckpointError: unreadable file, weights that do not fit, or no way to build the
+        model (a hand-built model's checkpoint loaded without ``vae``).
+    """
+    payload = load_checkpoint(path, map_location=map_location)
+    if vae is None:
+        vae = model_from_payload(payload)
+    restore_model(vae.to(map_location), payload, guide)
+    return vae.eval()
+
+
+def model_from_payload(payload: dict[str, Any]) -> VAE:
+    """The VAE that a checkpoint's configuration describes, with fresh weights."""
+    if payload["config"] is None:
+        raise CheckpointError("this checkpoint holds a hand-built model and no configuration; "
+                              "build the model yourself and pass it: load(path, vae)")
+    try:
+        config = Config.from_dict(payload["config"])
+        meta = payload["data"]
+        return build_vae(config, meta["event_shape"], meta["num_data"], meta["num_classes"])
+    except (ConfigError, TypeError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"the checkpoint's configuration is unreadable ({exc}); it is "
+                              "damaged or from another version: re-train") from None

@@ -24,10 +24,10 @@ from pyro_vae.config import (
     Config,
     parse_hidden,
 )
-from pyro_vae.data import DATASETS
+from pyro_vae.data.datasets import DATASETS
+from pyro_vae.distributions.likelihoods import LIKELIHOODS
 from pyro_vae.errors import ConfigError, PyroVAEError
-from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.networks import ACTIVATIONS
+from pyro_vae.nn.networks import ACTIVATIONS
 
 
 def _float(text: str) -> float:
@@ -186,7 +186,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pyro_vae.evaluation import Estimate, evaluate_elbo, iwae_log_likelihood
+    from pyro_vae.infer.evaluation import Estimate, evaluate_elbo, iwae_log_likelihood
     from pyro_vae.runs import load_run
 
     if args.iw_samples < 1:
@@ -260,10 +260,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if out.suffix == ".npy":
         np.save(out, samples.numpy())
     elif len(run.vae.event_shape) == 3 and out.suffix != ".csv":
-        import matplotlib.pyplot as plt
+        from matplotlib.image import imsave
 
         img = image_grid(samples, int(np.ceil(np.sqrt(args.num))))
-        plt.imsave(out, img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray")
+        imsave(out, img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray")
     else:
         np.savetxt(out.with_suffix(".csv"), samples.reshape(args.num, -1).numpy(), delimiter=",")
         out = out.with_suffix(".csv")
@@ -296,8 +296,9 @@ def load_model_for_lab(source: str, device: str):
     """A trained run folder / checkpoint, or a config JSON (fresh initialization)."""
     import pyro
 
-    from pyro_vae.factory import build_vae
-    from pyro_vae.runs import load_run, prepare_data, resolve_device
+    from pyro_vae.data import prepare_data
+    from pyro_vae.models.builder import build_vae
+    from pyro_vae.runs import load_run, resolve_device
 
     path = Path(source)
     if path.suffix == ".json" and path.is_file():
@@ -320,8 +321,8 @@ def load_model_for_lab(source: str, device: str):
 def cmd_variance(args: argparse.Namespace) -> int:
     import torch
 
-    from pyro_vae.estimators import ESTIMATORS, KL_MODES
-    from pyro_vae.variance import markdown_table, run_lab, write_report
+    from pyro_vae.infer.estimators import ESTIMATORS, KL_MODES
+    from pyro_vae.lab.variance import markdown_table, run_lab, write_report
 
     for e in args.estimators:
         if e not in ESTIMATORS:
@@ -354,8 +355,8 @@ def cmd_variance(args: argparse.Namespace) -> int:
 
 
 def cmd_gap(args: argparse.Namespace) -> int:
+    from pyro_vae.lab.gap import amortization_gap, gap_table, plot_gap
     from pyro_vae.runs import load_run
-    from pyro_vae.vem import amortization_gap, gap_table, plot_gap
 
     if args.num_points < 1 or args.iw_samples < 1:
         raise ConfigError("--num-points and --iw-samples must be ≥ 1")

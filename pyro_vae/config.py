@@ -13,10 +13,10 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from pyro_vae.data import DATASETS
+from pyro_vae.data.datasets import DATASETS
+from pyro_vae.distributions.likelihoods import LIKELIHOODS
 from pyro_vae.errors import ConfigError
-from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.networks import ACTIVATIONS
+from pyro_vae.nn.networks import ACTIVATIONS
 
 ELBOS = ("trace", "meanfield")
 OPTIMIZERS = ("adam", "clipped-adam")

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 
 class PyroVAEError(Exception):
-    """Base class of the library's user-facing errors."""
+    """Base class of the library's user-facing errors.
+
+    Its text is always its first line: Pyro's ``poutine.trace`` re-raises an error from inside
+    a model or guide as a new exception of the same class with the trace's table of site shapes
+    appended, which must not reach the user as part of the message (the original message is
+    kept, and the full exception chain stays available as ``__cause__``).
+    """
+
+    def __str__(self) -> str:
+        return super().__str__().split("\n", 1)[0]
 
 
 class ConfigError(PyroVAEError, ValueError):

@@ -7,7 +7,11 @@
   ``manifold.png`` (L = 2: decoded means over a grid of prior quantiles), ``interpolation.png``
   and ``interpolation.gif`` (decoded means along the line between two test points' codes).
 * 2-D data: ``overview.png``: data, reconstructions, decoded prior samples E[x|z], samples
-  x ~ p_θ(x) with the observation noise, and latent means.
+  x ~ p_θ(x) with the observation noise, and latent means (for a conditional model the prior
+  samples cycle through the classes).
+
+Figures are ``matplotlib.figure.Figure`` objects saved directly: importing this module selects
+no backend and touches no global pyplot state.
 """
 
 from __future__ import annotations
@@ -15,31 +19,35 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from pyro.infer import Predictive
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from torchvision.utils import make_grid
 
-from pyro_vae.data import DataSet
-from pyro_vae.evaluation import evaluating, latent_means
+from pyro_vae.data.datasets import DataSet
+from pyro_vae.infer.evaluation import latent_means
+from pyro_vae.infer.predictive import prior_predictive
+from pyro_vae.models.vae import VAE, evaluating
 from pyro_vae.sites import LATENT_SITE, OBS_SITE
-from pyro_vae.vae import VAE
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def _figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6, 5)):
+    """A figure detached from pyplot, and its axes (one, or an array)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols)
+
+
+def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
 def plot_elbo_curves(history: list[dict[str, Any]], path: Path) -> Path:
     """Three panels against epoch: ELBO, E_q[log p(x|z)] and KL(q‖p), train and test."""
     epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = _figure(1, 3, figsize=(13, 3.6))
     for ax, key, title in zip(axes, ("elbo", "recon", "kl"),
                               ("ELBO (nats / point)", "E_q[log p(x|z)]", "KL(q(z|x) ‖ p(z))"),
                               strict=True):
@@ -64,7 +72,7 @@ def image_grid(images: torch.Tensor, nrow: int) -> np.ndarray:
     return grid.permute(1, 2, 0).numpy()
 
 
-def show_grid(ax: plt.Axes, images: torch.Tensor, nrow: int, title: str) -> None:
+def show_grid(ax: Axes, images: torch.Tensor, nrow: int, title: str) -> None:
     """Draw :func:`image_grid` of ``images`` on ``ax`` with a title and no axes."""
     img = image_grid(images, nrow)
     ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
@@ -74,16 +82,10 @@ def show_grid(ax: plt.Axes, images: torch.Tensor, nrow: int, title: str) -> None
 
 def prior_samples(vae: VAE, num: int, y: torch.Tensor | None = None) -> torch.Tensor:
     """Decoded means E[x|z] for z ~ p(z), via ``Predictive`` on the model (no data)."""
-    device = next(vae.decoder.parameters()).device
     if vae.conditional and y is None:
-        y = torch.arange(num, device=device) % vae.num_classes
+        y = torch.arange(num, device=vae.device) % vae.num_classes
     with evaluating(vae):
-        if vae.conditional:
-            z = Predictive(vae.model, num_samples=1, return_sites=[LATENT_SITE])(None, y)[
-                LATENT_SITE][0]
-        else:
-            z = Predictive(vae.model, num_samples=num, return_sites=[LATENT_SITE],
-                           parallel=True)()[LATENT_SITE][:, 0]
+        z = prior_predictive(vae, num_points=num, y=y)[LATENT_SITE][0]
         return vae.decode_mean(z, y)
 
 
@@ -93,7 +95,7 @@ def _image_figures(vae: VAE, data: DataSet, out: Path) -> list[Path]:
     with evaluating(vae):
         loc, _ = vae.encode(x, _labels(vae, y))
         recon = vae.decode_mean(loc, _labels(vae, y))
-    fig, axes = plt.subplots(2, 1, figsize=(10, 3.2))
+    fig, axes = _figure(2, 1, figsize=(10, 3.2))
     binary = bool(((x == 0) | (x == 1)).all())
     title = "test images" + (" (binarized, as scored)" if binary else "")
     show_grid(axes[0], x, 16, title)
@@ -101,7 +103,7 @@ def _image_figures(vae: VAE, data: DataSet, out: Path) -> list[Path]:
     paths.append(_save(fig, out / "reconstructions.png"))
 
     samples = prior_samples(vae, 64)
-    fig, ax = plt.subplots(figsize=(6, 6))
+    fig, ax = _figure(figsize=(6, 6))
     show_grid(ax, samples, 8, "samples E[x|z], z ~ N(0, I)")
     paths.append(_save(fig, out / "samples.png"))
 
@@ -116,7 +118,7 @@ def plot_latent(vae: VAE, data: DataSet, path: Path) -> Path:
     """Test points' posterior means, coloured by label; PCA to two axes when L > 2."""
     mu = latent_means(vae, data).cpu().numpy()
     labels = None if data.y_test is None else data.y_test[: len(mu)].cpu().numpy()
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig, ax = _figure(figsize=(6, 5))
     if mu.shape[1] == 1:
         ax.hist(mu[:, 0], bins=60, color="tab:blue")
         ax.set_xlabel("μ(x)")
@@ -133,7 +135,7 @@ def plot_latent(vae: VAE, data: DataSet, path: Path) -> Path:
     sc = ax.scatter(mu[:, 0], mu[:, 1], s=4, alpha=0.8, **colours)
     if labels is not None:
         names = data.class_names or tuple(str(i) for i in range(int(labels.max()) + 1))
-        handles = [plt.Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(i)), label=n)
+        handles = [Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(i)), label=n)
                    for i, n in enumerate(names)]
         ax.legend(handles=handles, fontsize=7, loc="best", markerscale=0.8)
     ax.set_title(title, fontsize=10)
@@ -147,10 +149,9 @@ def plot_manifold(vae: VAE, path: Path, n: int = 15) -> Path:
     q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
     z1, z2 = torch.meshgrid(q, q.flip(0), indexing="xy")
     z = torch.stack([z1.reshape(-1), z2.reshape(-1)], -1)
-    device = next(vae.decoder.parameters()).device
     with evaluating(vae):
-        images = vae.decode_mean(z.to(device))
-    fig, ax = plt.subplots(figsize=(7, 7))
+        images = vae.decode_mean(z.to(vae.device))
+    fig, ax = _figure(figsize=(7, 7))
     show_grid(ax, images, n, "2-D latent manifold: E[x|z] over prior quantiles")
     return _save(fig, path)
 
@@ -173,7 +174,7 @@ def plot_interpolation(vae: VAE, data: DataSet, out: Path, steps: int = 10) -> l
         z = (1 - t) * za + t * zb
         y = None if not vae.conditional else ya.expand(steps)
         frames = vae.decode_mean(z, y)
-    fig, ax = plt.subplots(figsize=(12, 1.8))
+    fig, ax = _figure(figsize=(12, 1.8))
     show_grid(ax, frames, steps, "interpolation between two test images")
     strip = _save(fig, out / "interpolation.png")
     imgs = [(f.detach().cpu().clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy() * 255)
@@ -192,13 +193,13 @@ def plot_points(vae: VAE, data: DataSet, path: Path, num_samples: int = 2000) ->
     with evaluating(vae):
         loc, _ = vae.encode(data.x_test, _labels(vae, data.y_test))
         recon = vae.decode_mean(loc, _labels(vae, data.y_test)).cpu()
-        pred = Predictive(vae.model, num_samples=num_samples, parallel=True,
-                          return_sites=[LATENT_SITE, OBS_SITE])()
-    z_s, x_s = pred[LATENT_SITE][:, 0].cpu(), pred[OBS_SITE][:, 0].cpu()
-    with evaluating(vae):
-        means = vae.decode_mean(pred[LATENT_SITE][:, 0]).cpu()
+        y_prior = None if not vae.conditional else \
+            torch.arange(num_samples, device=vae.device) % vae.num_classes
+        pred = prior_predictive(vae, num_points=num_samples, y=y_prior)
+        means = vae.decode_mean(pred[LATENT_SITE][0], y_prior).cpu()
+    z_s, x_s = pred[LATENT_SITE][0].cpu(), pred[OBS_SITE][0].cpu()
     loc = loc.cpu()
-    fig, axes = plt.subplots(1, 5, figsize=(22, 4.4))
+    fig, axes = _figure(1, 5, figsize=(22, 4.4))
     colour = {"c": y, "cmap": "coolwarm"} if y is not None else {}
     axes[0].scatter(x[:, 0], x[:, 1], s=4, **colour)
     axes[0].set_title("test data")

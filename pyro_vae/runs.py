@@ -1,4 +1,5 @@
-"""Run folders: train into one, resume one, and load a trained model back from one.
+"""Run folders: train into one, resume one, and load a trained model back from one. This module
+is the only one that writes a run folder.
 
 A run folder holds::
 
@@ -18,7 +19,7 @@ import platform
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,14 +27,18 @@ from typing import Any
 import pyro
 import torch
 
-from pyro_vae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from pyro_vae.checkpoint import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    model_from_payload,
+    restore_model,
+    save_checkpoint,
+)
 from pyro_vae.config import Config
-from pyro_vae.data import DataSet, load_dataset
+from pyro_vae.data import DataSet, prepare_data
 from pyro_vae.errors import CheckpointError, ConfigError
-from pyro_vae.factory import build_vae
-from pyro_vae.likelihoods import Likelihood, make_likelihood
-from pyro_vae.training import Trainer, restore_model_state
-from pyro_vae.vae import VAE
+from pyro_vae.infer.trainer import Trainer
+from pyro_vae.models.vae import VAE
 
 #: Options that may differ between a run and its resumption.
 RESUMABLE_CHANGES = frozenset({"epochs", "device", "checkpoint_every", "skip_nonfinite"})
@@ -53,41 +58,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"--device {name!r} is not supported; use cpu, cuda, cuda:N or auto")
     return device
-
-
-def prepare_data(config: Config) -> DataSet:
-    """Load the configured data, binarize as asked, and check it against the likelihood.
-
-    ``threshold``: x > 0.5 for train and test. ``dynamic``: the trainer draws the training pixels
-    afresh per mini-batch; the test set is binarized once, with a fixed generator
-    (``split_seed``), so test figures of every run and epoch are comparable.
-    """
-    data = load_dataset(
-        config.dataset, data_path=config.data, data_root=config.data_root,
-        download=config.download, split_seed=config.split_seed,
-        test_fraction=config.test_fraction, image_size=config.image_size,
-        label_column=config.label_column, max_train=config.max_train, max_test=config.max_test,
-    )
-    likelihood = make_likelihood(config.likelihood, config.obs_scale, config.allow_greyscale)
-    if config.binarize != "none":  # binarizing needs pixel intensities in [0, 1]
-        unit = Likelihood(likelihood.name, 1, "unit")
-        unit.check_support(data.x_train, "training data")
-        unit.check_support(data.x_test, "test data")
-    if config.binarize == "threshold":
-        data = replace(data, x_train=(data.x_train > 0.5).float(),
-                       x_test=(data.x_test > 0.5).float())
-    elif config.binarize == "dynamic":
-        gen = torch.Generator().manual_seed(config.split_seed)
-        data = replace(data, x_test=torch.bernoulli(data.x_test, generator=gen))
-    else:
-        likelihood.check_support(data.x_train, "training data")
-        likelihood.check_support(data.x_test, "test data")
-    if config.batch_size > data.x_train.shape[0]:
-        raise ConfigError(f"--batch-size {config.batch_size} exceeds the {data.x_train.shape[0]} "
-                          "training points; use a batch size ≤ the data size")
-    if config.conditional and data.y_train is None:
-        raise ConfigError(f"--conditional needs labels, and the {config.dataset} data has none")
-    return data
 
 
 def environment(config: Config, device: torch.device) -> dict[str, Any]:
@@ -179,7 +149,7 @@ def train_run(
     if config.strategy != "single":
         return _train_distributed_run(config, run_dir, data, resume, progress, figures)
     pyro.set_rng_seed(config.seed)
-    trainer = Trainer(config, data, device)
+    trainer = Trainer.from_config(config, data, device)
     if state is not None:
         trainer.load_state_dict(state)
     (run_dir / "figures").mkdir(parents=True, exist_ok=True)
@@ -230,7 +200,7 @@ def train_run(
 
 def _train_distributed_run(config: Config, run_dir: Path, data: DataSet, resume: bool,
                            progress: bool, figures: bool) -> RunResult | None:
-    from pyro_vae.distributed import train_distributed
+    from pyro_vae.infer.distributed import train_distributed
 
     if resume:
         raise ConfigError("--resume continues runs of the single-process trainer; a --strategy "
@@ -238,8 +208,15 @@ def _train_distributed_run(config: Config, run_dir: Path, data: DataSet, resume:
                           "samples and plots as usual)")
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"{run_dir} is not empty; choose another --out")
-    if train_distributed(config, run_dir, data, progress) is None:
+    result = train_distributed(config, data, progress)
+    if result is None:  # not the global-zero worker: it writes nothing
         return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(result.payload, run_dir / CHECKPOINT_NAME)
+    write_metrics(run_dir, result.payload["history"])
+    _write_json(run_dir / "config.json", config.to_dict())
+    _write_json(run_dir / "environment.json", environment(config, result.device))
+    _write_json(run_dir / "distributed.json", result.summary)
     run = load_run(run_dir, device=config.device, load_data=False)
     if figures:
         from pyro_vae.plots import make_figures
@@ -267,14 +244,9 @@ def load_run(run_dir: str | Path, device: str = "cpu", load_data: bool = True) -
     """Rebuild the trained model of a run folder (or checkpoint file) and, optionally, its data."""
     dev = resolve_device(device)
     state = load_checkpoint(run_dir, map_location=dev)
-    try:
-        config = Config.from_dict(state["config"]).replace(device=str(dev))
-    except (ConfigError, TypeError) as exc:
-        raise CheckpointError(f"the checkpoint's configuration is unreadable ({exc}); it is "
-                              "from another version: re-train") from None
-    meta = state["data"]
-    vae = build_vae(config, meta["event_shape"], meta["num_data"], meta["num_classes"]).to(dev)
-    restore_model_state(vae, state)
+    vae = model_from_payload(state).to(dev)
+    config = Config.from_dict(state["config"]).replace(device=str(dev))
+    restore_model(vae, state)
     vae.eval()
     data = prepare_data(config).to(dev) if load_data else None
     return LoadedRun(config, vae, data, list(state["history"]), dev)  # type: ignore[arg-type]

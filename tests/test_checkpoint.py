@@ -75,7 +75,8 @@ def test_loaded_run_reproduces_the_trained_models_outputs(run_dir):
     x = run.data.x_test[:5]
     loc, scale = run.vae.encode(x)
     assert loc.shape == (5, 2) and torch.isfinite(scale).all()
-    # the learned obs_scale came back into the param store
+    # the learned obs_scale came back: the module's parameter is pyro.param("obs_scale")
     import pyro
 
-    assert float(pyro.param("obs_scale").detach()) == pytest.approx(run.history[-1]["obs_scale"])
+    assert float(run.vae.obs_scale().detach()) == pytest.approx(run.history[-1]["obs_scale"])
+    assert pyro.param("obs_scale") is not None

@@ -26,7 +26,8 @@ def test_images_example_trains_the_celeba_model_on_generated_files(tmp_path, mon
     import runpy
 
     import torchvision
-    from conftest import make_celeba_files
+
+    from tests.common import make_celeba_files
 
     make_celeba_files(tmp_path / "data")
     monkeypatch.setattr(torchvision.datasets.CelebA, "_check_integrity", lambda self: True)

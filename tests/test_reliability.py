@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyro_vae import ConfigError, DataError, make_likelihood
-from pyro_vae.data import _from_arrays
-from pyro_vae.networks import MLPDecoder, MLPEncoder
+from pyro_vae.data.datasets import _from_arrays
+from pyro_vae.nn.networks import MLPDecoder, MLPEncoder
 
 ARGS = ["--dataset", "moons", "--hidden", "16", "--max-train", "400", "--max-test", "100",
         "--batch-size", "20", "--epochs", "8", "--no-progress", "--no-figures"]

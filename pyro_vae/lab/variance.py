@@ -1,4 +1,4 @@
-"""Measure gradient-estimator variance side by side (see :mod:`pyro_vae.estimators`).
+"""Measure gradient-estimator variance side by side (see :mod:`pyro_vae.infer.estimators`).
 
 At fixed parameters and a fixed batch of B data points, each estimator is run R times with S
 samples of z per point; every run gives one estimate of the gradient of the mean-per-point ELBO
@@ -27,13 +27,13 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyro
 import torch
 
-from pyro_vae import reporting
 from pyro_vae.errors import ConfigError
-from pyro_vae.estimators import (
+from pyro_vae.infer.estimators import (
     BASELINE_KIND,
     KL_MODES,
     SCORE_FAMILY,
@@ -47,7 +47,8 @@ from pyro_vae.estimators import (
     pyro_loss,
     pyro_surrogate_needs_clean_store,
 )
-from pyro_vae.vae import VAE
+from pyro_vae.lab import reporting
+from pyro_vae.models.vae import VAE
 
 IMPLEMENTATIONS = ("explicit", "pyro")
 #: The decaying average (β = 0.9) forgets its zero start within ~50 updates.
@@ -109,16 +110,25 @@ def measure_estimator(
     repeats: int = 100,
     implementation: str = "explicit",
     warmup: int = 500,
+    guide: Any = None,
 ) -> EstimatorResult:
-    """R gradient estimates of ``estimator`` at the current parameters; their statistics."""
+    """R gradient estimates of ``estimator`` at the current parameters; their statistics.
+
+    ``guide``: a user's guide of the protocol (default ``vae.guide``); it is measured through
+    Pyro's ELBOs (``implementation="pyro"``), the explicit forms being written for the built-in
+    diagonal Gaussian. Its module's parameters are the "encoder" group.
+    """
     check_estimator(estimator, kl)
     if implementation not in IMPLEMENTATIONS:
         raise ConfigError(f"unknown implementation {implementation!r}; use explicit or pyro")
+    if guide is not None and implementation != "pyro":
+        raise ConfigError("the explicit estimators are written for the built-in diagonal "
+                          "Gaussian guide; measure your own guide with implementation='pyro'")
     if repeats < 2:
         raise ConfigError(f"--repeats must be ≥ 2 to estimate a variance, got {repeats}")
-    groups = parameter_groups(vae)
+    groups = parameter_groups(vae, guide)
     num_data, vae.num_data = vae.num_data, None  # the batch is the data set: no plate scaling
-    modes = {n: m.training for n, m in vae.modules().items()}
+    was_training = vae.training
     vae.eval()
     y = y if vae.conditional else None
     kind = BASELINE_KIND.get(estimator)
@@ -140,9 +150,9 @@ def measure_estimator(
                 explicit_surrogate(vae, x, y, estimator, kl, s, state)
         elif nn_baseline is None:
             with torch.no_grad():
-                pyro_loss(vae, x, y, estimator, kl, s)
+                pyro_loss(vae, x, y, estimator, kl, s, guide=guide)
         else:
-            loss = pyro_loss(vae, x, y, estimator, kl, s, nn_baseline)
+            loss = pyro_loss(vae, x, y, estimator, kl, s, nn_baseline, guide)
             params = list(nn_baseline.parameters())
             nn_optim.zero_grad()
             for p, g in zip(params, torch.autograd.grad(loss, params), strict=True):
@@ -154,7 +164,7 @@ def measure_estimator(
         if implementation == "explicit":
             return flat_gradients(-explicit_surrogate(vae, x, y, estimator, kl, num_samples,
                                                       state), groups)
-        loss = pyro_loss(vae, x, y, estimator, kl, num_samples, nn_baseline)
+        loss = pyro_loss(vae, x, y, estimator, kl, num_samples, nn_baseline, guide)
         if nn_baseline is None:
             return flat_gradients(-loss, groups)
         grads = flat_gradients(loss, {**groups, "baseline": list(nn_baseline.parameters())})
@@ -196,8 +206,7 @@ def measure_estimator(
     finally:
         validation.__exit__(None, None, None)
         vae.num_data = num_data
-        for n, m in vae.modules().items():
-            m.train(modes[n])
+        vae.train(was_training)
     means = {g: shift[g] + s1[g] / repeats for g in shift}
     variances = {g: ((s2[g] - s1[g] ** 2 / repeats) / (repeats - 1)).clamp_min(0) for g in shift}
     return EstimatorResult(
@@ -254,13 +263,11 @@ def markdown_table(results: list[EstimatorResult], reference: str = "reparam") -
 
 def plot_lab(results: list[EstimatorResult], out: Path) -> list[Path]:
     """variance_vs_samples.png (log-log, per group) and snr.png (per estimator and group)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     groups = list(results[0].groups)
-    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5))
+    fig = Figure(figsize=(6 * len(groups), 4.5))
+    axes = fig.subplots(1, len(groups))
     labels = list(dict.fromkeys(r.label for r in results))
     for ax, g in zip(axes, groups, strict=True):
         for label in labels:
@@ -275,11 +282,11 @@ def plot_lab(results: list[EstimatorResult], out: Path) -> list[Path]:
     fig.tight_layout()
     p1 = out / "variance_vs_samples.png"
     fig.savefig(p1, dpi=110)
-    plt.close(fig)
 
     s_min = min(r.num_samples for r in results)
     rows = [r for r in results if r.num_samples == s_min]
-    fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.9), 4.5))
+    fig = Figure(figsize=(max(6, len(rows) * 0.9), 4.5))
+    ax = fig.subplots()
     width = 0.8 / len(groups)
     for i, g in enumerate(groups):
         ax.bar([k + i * width for k in range(len(rows))], [r.groups[g].snr_mean for r in rows],
@@ -293,7 +300,6 @@ def plot_lab(results: list[EstimatorResult], out: Path) -> list[Path]:
     fig.tight_layout()
     p2 = out / "snr.png"
     fig.savefig(p2, dpi=110)
-    plt.close(fig)
     return [p1, p2]
 
 

@@ -11,13 +11,13 @@ unbiased estimate of ∇ELBO of the whole data set. DDP applies the average (1/W
 unbiased for the same gradient, with the variance of one step on W·B points. The ELBO that is
 logged and evaluated is that of the full training / test set.
 
-Only network weights are DDP parameters; ``pyro.param`` values (a learned σ) live in Pyro's
-param store, so their gradients are all-reduced here after each backward pass.
+The VAE is an ``nn.Module`` that owns every trained tensor (networks and a learned σ), so all of
+them are DDP parameters and are synchronized by DDP itself.
 
-A finished run is written in the library's own format (``checkpoint.pt``, ``metrics.csv``,
-``config.json``), so ``pyro-vae evaluate / sample / plot`` work on it unchanged;
-``distributed.json`` adds the number of workers, the throughput, and the largest difference
-between any two workers' final parameters (0 when they are in sync).
+:func:`train_distributed` returns the checkpoint payload (the library's own format) and a
+summary — the number of workers, the throughput, and the largest difference between any two
+workers' final parameters (0 when they are in sync) — which :mod:`pyro_vae.runs` writes to the
+run folder, so ``pyro-vae evaluate / sample / plot`` work on it unchanged.
 
 Needs the optional extra: ``pip install "pyro-vae[lightning]"``.
 """
@@ -27,27 +27,21 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import pyro
 import torch
 
-from pyro_vae.annealing import KLSchedule
-from pyro_vae.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from pyro_vae.checkpoint import checkpoint_payload, data_description
 from pyro_vae.config import Config
-from pyro_vae.data import DataSet
+from pyro_vae.data import DataSet, binarize, train_eval_subset
 from pyro_vae.errors import ConfigError
-from pyro_vae.factory import build_optimizer, build_vae
-from pyro_vae.objectives import make_elbo
-from pyro_vae.sites import OBS_SCALE_PARAM
-from pyro_vae.training import (
-    binarize,
-    checkpoint_state,
-    epoch_metrics,
-    train_eval_subset,
-    trainable_params,
-)
+from pyro_vae.infer.annealing import KLSchedule
+from pyro_vae.infer.elbo import make_elbo
+from pyro_vae.infer.optim import build_optimizer
+from pyro_vae.infer.trainer import epoch_metrics, trainable_params
+from pyro_vae.models.builder import build_vae
 
 try:
     import lightning as L
@@ -73,12 +67,10 @@ class VAELightningModule(_LightningModule):
         self.data = data
         n = data.x_train.shape[0]
         self.vae = build_vae(config, data.event_shape, num_data=n, num_classes=data.num_classes)
-        self.encoder, self.decoder = self.vae.encoder, self.vae.decoder
         y = data.y_train[:2] if self.vae.conditional else None
         pyro.clear_param_store()
-        self.trained = trainable_params(self.vae, data.x_train[:2], y)
-        module_tensors = {id(p) for p in self.parameters()}
-        self.pyro_params = [t for t in self.trained.values() if id(t) not in module_tensors]
+        self.trained = trainable_params(self.vae.model, self.vae.guide, data.x_train[:2], y,
+                                        (self.vae,))
         self.elbo = make_elbo(config.elbo, config.num_particles, jit=False)
         workers = config.devices * config.num_nodes  # each sees ⌈N / W⌉ points per epoch
         steps = math.ceil(math.ceil(n / workers) / config.batch_size)
@@ -110,14 +102,6 @@ class VAELightningModule(_LightningModule):
         self._epoch_loss.append(float(loss.detach()) / self.data.x_train.shape[0])
         return loss
 
-    def on_after_backward(self) -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            world = torch.distributed.get_world_size()
-            for p in self.pyro_params:
-                if p.grad is not None:
-                    torch.distributed.all_reduce(p.grad)
-                    p.grad /= world
-
     def on_train_epoch_end(self) -> None:
         seconds = time.perf_counter() - self._epoch_start
         metrics: dict[str, Any] = {
@@ -128,8 +112,9 @@ class VAELightningModule(_LightningModule):
         }
         metrics.update(epoch_metrics(self.vae, self.data, self._x_eval_train,
                                      self._y_eval_train, self.config.eval_samples))
-        if OBS_SCALE_PARAM in pyro.get_param_store():
-            metrics["obs_scale"] = float(pyro.param(OBS_SCALE_PARAM).detach())
+        scale = self.vae.obs_scale()
+        if scale is not None:
+            metrics["obs_scale"] = float(scale.detach())
         self.history.append(metrics)
 
     def configure_optimizers(self):
@@ -143,15 +128,23 @@ class VAELightningModule(_LightningModule):
         return torch.cat([t.detach().reshape(-1) for t in self.trained.values()])
 
 
-def train_distributed(config: Config, run_dir: str | Path, data: DataSet,
-                      progress: bool = True) -> dict[str, Any] | None:
+@dataclass
+class DistributedResult:
+    """What the global-zero worker returns: the checkpoint payload, the summary
+    (``distributed.json``) and the device it trained on."""
+
+    payload: dict[str, Any]
+    summary: dict[str, Any]
+    device: torch.device
+
+
+def train_distributed(config: Config, data: DataSet,
+                      progress: bool = True) -> DistributedResult | None:
     """Train with ``config.strategy`` on ``config.devices`` × ``config.num_nodes`` workers.
 
-    Returns the summary written to ``distributed.json`` on the global-zero worker, ``None`` on
-    the others (which write nothing).
+    Returns the result on the global-zero worker, ``None`` on the others.
     """
     _require_lightning()
-    run_dir = Path(run_dir)
     L.seed_everything(config.seed, verbose=False)
     module = VAELightningModule(config, data)
     accelerator = {"auto": "auto"}.get(config.device,
@@ -178,18 +171,12 @@ def train_distributed(config: Config, run_dir: str | Path, data: DataSet,
     if not trainer.is_global_zero:
         return None
 
-    from pyro_vae.runs import _write_json, environment, write_metrics
-
-    run_dir.mkdir(parents=True, exist_ok=True)
     # the scheduler's state is not saved: a ddp run is not resumed
-    state = checkpoint_state(config, module.vae, data, epoch=config.epochs,
-                             global_step=int(trainer.global_step), trained=list(module.trained),
-                             optimizer=trainer.optimizers[0], scheduler=None,
-                             history=module.history)
-    save_checkpoint(state, run_dir / CHECKPOINT_NAME)
-    write_metrics(run_dir, module.history)
-    _write_json(run_dir / "config.json", config.to_dict())
-    _write_json(run_dir / "environment.json", environment(config, module.device))
+    payload = checkpoint_payload(
+        module.vae, config=config, data=data_description(module.vae, data.x_train.shape[0],
+                                                         data.num_classes),
+        epoch=config.epochs, global_step=int(trainer.global_step),
+        optimizer=trainer.optimizers[0], trained=list(module.trained), history=module.history)
     workers = config.devices * config.num_nodes
     summary = {
         "strategy": config.strategy, "workers": workers, "devices": config.devices,
@@ -198,5 +185,4 @@ def train_distributed(config: Config, run_dir: str | Path, data: DataSet,
         "max_parameter_difference_between_workers": spread,
     }
     summary["train_points_per_second"] = data.x_train.shape[0] / summary["median_epoch_seconds"]
-    _write_json(run_dir / "distributed.json", summary)
-    return summary
+    return DistributedResult(payload, summary, module.device)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pyro
 import pytest
 import torch
-from conftest import make_batch, small_vae
 from pyro import poutine
 from pyro.infer import Predictive
 
 from pyro_vae import VAE, ConvDecoder, ConvEncoder, DataError, make_likelihood
 from pyro_vae.sites import DATA_PLATE, DECODER_MODULE, ENCODER_MODULE, LATENT_SITE, OBS_SITE
+from tests.common import make_batch, small_vae
 
 
 def traces(vae: VAE, *args, **kwargs):

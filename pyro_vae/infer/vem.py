@@ -1,4 +1,4 @@
-"""Non-amortized variational EM (vEM), test-time inference, and the amortization gap.
+"""Non-amortized variational EM (vEM) and test-time inference of per-point Gaussians.
 
 **The local guide.** vEM keeps separate variational parameters λ_n = (μ_n, σ_n) for every data
 point instead of an encoder::
@@ -25,19 +25,11 @@ encoder's output or from zero, until the ELBO has not improved for ``patience`` 
 ELBO a check compares is a sample-average approximation with one fixed set of ε draws (common
 random numbers), so each point keeps its best λ and its fitted ELBO is never below the start.
 
-**The amortization gap** (:func:`amortization_gap`, Cremer, Li & Duvenaud 2018)::
-
-    log p(x) - L[q] = (log p(x) - L[q*])  +  (L[q*] - L[q])
-                      approximation gap      amortization gap
-
-with log p(x) the IWAE estimate, L[q] the encoder's ELBO and L[q*] the ELBO of the best
-Gaussian found by :func:`fit_local`. Semi-amortized refinement (Kim et al. 2018) is the
-curve of the ELBO along the first k steps from the encoder's output.
+The amortization gap report built on these fits is :mod:`pyro_vae.lab.gap`.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,13 +38,13 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from torch.distributions import constraints, kl_divergence
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.evaluation import evaluating, iwae_log_likelihood
-from pyro_vae.objectives import make_elbo
+from pyro_vae.infer.elbo import make_elbo
+from pyro_vae.models.vae import VAE, evaluating, kl_scale
 from pyro_vae.sites import LATENT_SITE
-from pyro_vae.vae import VAE
 
 
 class LocalGuide:
@@ -72,12 +64,12 @@ class LocalGuide:
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None,
               indices: torch.Tensor | None = None, beta: float | torch.Tensor = 1.0) -> Any:
-        batch = self.vae._batch(x, y)
-        with self.vae._plate(batch, indices, observed=True):
+        batch = self.vae.batch_size(x, y)
+        with self.vae.data_plate(batch, indices, observed=True):
             loc = pyro.param(self.loc_name, lambda: self._init_loc.clone(), event_dim=1)
             scale = pyro.param(self.scale_name, lambda: self._init_scale.clone(),
                                constraint=constraints.positive, event_dim=1)
-            with self.vae._kl_scale(beta):
+            with kl_scale(beta):
                 return pyro.sample(LATENT_SITE, dist.Normal(loc, scale).to_event(1))
 
     def unconstrained(self) -> list[torch.Tensor]:
@@ -221,11 +213,22 @@ class LocalFit:
     steps: int
 
 
+def guide_moments(vae: VAE, guide: Any, x: torch.Tensor, y: torch.Tensor | None = None,
+                  num_samples: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation per point of ``num_samples`` draws of z from any ``guide``
+    (the diagonal Gaussian that matches its first two moments), each ``(B, L)``."""
+    with evaluating(vae, getattr(guide, "__self__", guide)), \
+            pyro.plate("moment_particles", num_samples, dim=-2):
+        z = poutine.trace(guide).get_trace(x, y).nodes[LATENT_SITE]["value"]
+    z = z.expand(num_samples, x.shape[0], vae.latent_dim)
+    return z.mean(0), z.std(0).clamp_min(1e-4)
+
+
 def fit_local(
     vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, init: str = "encoder",
     lr: float = 3e-2, num_samples: int = 8, check_every: int = 20, patience: int = 5,
     max_steps: int = 1000, check_samples: int = 64, seed: int = 0,
-    record_steps: int = 0,
+    record_steps: int = 0, guide: Any = None,
 ) -> LocalFit:
     """Fit λ_n for every point of ``x`` with θ frozen (test-time vEM).
 
@@ -233,6 +236,8 @@ def fit_local(
     ``check_every`` steps the per-point ELBO is estimated on ``check_samples`` fixed draws and
     each point keeps its best λ; stop when the mean has not improved for ``patience`` checks.
     ``record_steps`` > 0 also records the fixed-draw ELBO after each of the first steps.
+    ``init="encoder"`` starts from the encoder's output or, when ``guide`` (any guide of the
+    protocol) is given, from the moments of its draws (:func:`guide_moments`).
     """
     if init not in ("encoder", "zero"):
         raise ConfigError(f"unknown init {init!r}; use encoder or zero")
@@ -240,7 +245,9 @@ def fit_local(
     gen = torch.Generator(device="cpu").manual_seed(seed)
     eps_check = torch.randn(check_samples, x.shape[0], vae.latent_dim, generator=gen).to(x.device)
     with evaluating(vae):
-        if init == "encoder":
+        if init == "encoder" and guide is not None:
+            loc0, scale0 = guide_moments(vae, guide, x, yy)
+        elif init == "encoder":
             loc0, scale0 = vae.encode(x, yy)
         else:
             loc0 = torch.zeros(x.shape[0], vae.latent_dim, device=x.device)
@@ -254,7 +261,7 @@ def fit_local(
     curve = [float(best.mean())]
     last = curve[0]
     since, step = 0, 0
-    modes = {n: m.training for n, m in vae.modules().items()}
+    was_training = vae.training
     vae.eval()
     for p in vae.decoder.parameters():
         p.requires_grad_(False)
@@ -285,126 +292,5 @@ def fit_local(
     finally:
         for p in vae.decoder.parameters():
             p.requires_grad_(True)
-        for n, m in vae.modules().items():
-            m.train(modes[n])
+        vae.train(was_training)
     return LocalFit(best_loc, best_scale, best, start_elbo, curve, step)
-
-
-@dataclass
-class GapReport:
-    log_px: torch.Tensor
-    elbo_q_star: torch.Tensor
-    elbo_q_star_from_encoder: torch.Tensor
-    elbo_q_star_from_zero: torch.Tensor
-    elbo_q: torch.Tensor
-    refinement_curve: list[float]
-    seconds: dict[str, float]
-
-    @property
-    def approximation_gap(self) -> torch.Tensor:
-        return self.log_px - self.elbo_q_star
-
-    @property
-    def amortization_gap(self) -> torch.Tensor:
-        return self.elbo_q_star - self.elbo_q
-
-    def summary(self) -> dict[str, Any]:
-        def stat(t: torch.Tensor) -> dict[str, float]:
-            t = t.double()
-            return {"mean": float(t.mean()), "stderr": float(t.std() / math.sqrt(t.numel()))}
-
-        return {
-            "num_points": int(self.log_px.numel()),
-            "log_px_iwae": stat(self.log_px),
-            "elbo_q_star": stat(self.elbo_q_star),
-            "elbo_q_star_from_encoder": stat(self.elbo_q_star_from_encoder),
-            "elbo_q_star_from_zero": stat(self.elbo_q_star_from_zero),
-            "elbo_q_amortized": stat(self.elbo_q),
-            "approximation_gap": stat(self.approximation_gap),
-            "amortization_gap": stat(self.amortization_gap),
-            "fraction_q_star_above_q": float((self.elbo_q_star >= self.elbo_q).float().mean()),
-            "refinement_curve": self.refinement_curve,
-            "seconds": self.seconds,
-        }
-
-
-def amortization_gap(
-    vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, iw_samples: int = 5000,
-    eval_samples: int = 1000, refine_steps: int = 50, seed: int = 0, **fit_kwargs: Any,
-) -> GapReport:
-    """log p(x), L[q*] (from the encoder and from zero; the better per point), L[q], and the
-    semi-amortized curve, per point. All ELBOs are re-estimated on one fresh set of
-    ``eval_samples`` draws shared by q and q*, so their difference has little noise."""
-    yy = y if vae.conditional else None
-    seconds = {}
-    t = time.perf_counter()
-    log_px = iwae_log_likelihood(vae, x, yy, num_samples=iw_samples)
-    seconds["iwae"] = time.perf_counter() - t
-    t = time.perf_counter()
-    from_enc = fit_local(vae, x, yy, init="encoder", seed=seed, **fit_kwargs)
-    from_zero = fit_local(vae, x, yy, init="zero", seed=seed, **fit_kwargs)
-    seconds["fit"] = time.perf_counter() - t
-    refine = fit_local(vae, x, yy, init="encoder", seed=seed, max_steps=refine_steps,
-                       check_every=refine_steps, patience=1, record_steps=refine_steps)
-    gen = torch.Generator().manual_seed(seed + 1)
-    eps = torch.randn(eval_samples, x.shape[0], vae.latent_dim, generator=gen).to(x.device)
-    with evaluating(vae):
-        loc, scale = vae.encode(x, yy)
-        chunks = [(slice(i, i + 200)) for i in range(0, x.shape[0], 200)]
-
-        def elbo_of(lc, sc):
-            return torch.cat([gaussian_elbo(vae, x[c], None if yy is None else yy[c], lc[c],
-                                            sc[c], eps[:, c]) for c in chunks])
-
-        e_q = elbo_of(loc, scale)
-        e_enc = elbo_of(from_enc.loc, from_enc.scale)
-        e_zero = elbo_of(from_zero.loc, from_zero.scale)
-    # q* is the best Gaussian found per point; the encoder's q is one of the candidates
-    e_star = torch.maximum(torch.maximum(e_enc, e_zero), e_q)
-    return GapReport(log_px, e_star, e_enc, e_zero, e_q, refine.curve, seconds)
-
-
-def gap_table(summary: dict[str, Any]) -> str:
-    """Markdown table of a :meth:`GapReport.summary`."""
-    rows = [("log p(x) (IWAE)", "log_px_iwae"), ("L[q*] (best Gaussian per point)", "elbo_q_star"),
-            ("  from the encoder's output", "elbo_q_star_from_encoder"),
-            ("  from zero", "elbo_q_star_from_zero"), ("L[q] (amortized encoder)",
-                                                       "elbo_q_amortized"),
-            ("approximation gap log p(x) - L[q*]", "approximation_gap"),
-            ("amortization gap L[q*] - L[q]", "amortization_gap")]
-    lines = [f"{summary['num_points']} points; nats per point (± standard error)", "",
-             "| quantity | value |", "| --- | ---: |"]
-    lines += [f"| {label} | {summary[key]['mean']:.3f} ± {summary[key]['stderr']:.3f} |"
-              for label, key in rows]
-    curve = summary["refinement_curve"]
-    if len(curve) > 1:
-        lines += ["", f"Semi-amortized refinement from the encoder: {curve[0]:.3f} → "
-                  f"{curve[-1]:.3f} nats after {len(curve) - 1} steps "
-                  f"({(curve[-1] - curve[0]) / (len(curve) - 1):.4f} nats per step)."]
-    return "\n".join(lines) + "\n"
-
-
-def plot_gap(report: GapReport, path) -> None:
-    """Histograms of both gaps per point, and the refinement curve."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, values, title in ((axes[0], report.approximation_gap, "approximation gap"),
-                              (axes[1], report.amortization_gap, "amortization gap")):
-        v = values.detach().cpu().numpy()
-        ax.hist(v, bins=50)
-        ax.axvline(v.mean(), color="k", ls="--", label=f"mean {v.mean():.2f}")
-        ax.set_title(f"{title} per point (nats)")
-        ax.legend()
-    axes[2].plot(report.refinement_curve, "o-", ms=3)
-    axes[2].axhline(float(report.elbo_q_star.mean()), color="k", ls="--", label="L[q*]")
-    axes[2].set_xlabel("refinement steps from the encoder's output")
-    axes[2].set_ylabel("mean ELBO")
-    axes[2].set_title("semi-amortized inference")
-    axes[2].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -1,39 +1,13 @@
-"""Build a :class:`~pyro_vae.vae.VAE` and its optimizer from a resolved :class:`Config`."""
+"""The torch optimizer and learning-rate schedule that the trainers step."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import torch
 from pyro.optim.clipped_adam import ClippedAdam
 
 from pyro_vae.config import Config
-from pyro_vae.errors import ConfigError
-from pyro_vae.likelihoods import make_likelihood
-from pyro_vae.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
-from pyro_vae.vae import VAE
-
-
-def build_vae(
-    config: Config, event_shape: Sequence[int], num_data: int | None = None,
-    num_classes: int | None = None,
-) -> VAE:
-    """Networks, likelihood and VAE for ``config`` and data of shape ``event_shape``."""
-    likelihood = make_likelihood(config.likelihood, config.obs_scale, config.allow_greyscale)
-    if config.conditional and not num_classes:
-        raise ConfigError("--conditional needs labelled data; this data set has no labels")
-    cond_dim = num_classes if config.conditional else 0
-    latent = config.latent_dim
-    if config.arch == "conv":
-        encoder = ConvEncoder(event_shape, latent, cond_dim=cond_dim)
-        decoder = ConvDecoder(event_shape, latent, likelihood.num_params, cond_dim=cond_dim)
-    else:
-        hidden = tuple(config.hidden or ())
-        encoder = MLPEncoder(event_shape, latent, hidden, config.activation, cond_dim=cond_dim)
-        decoder = MLPDecoder(event_shape, latent, hidden[::-1], config.activation,
-                             likelihood.num_params, cond_dim=cond_dim)
-    return VAE(encoder, decoder, likelihood, latent, event_shape, num_data=num_data,
-               num_classes=num_classes if config.conditional else None)
 
 
 def build_optimizer(

@@ -9,7 +9,7 @@ import torch
 from pyro.infer import SVI, TraceMeanField_ELBO
 
 from pyro_vae import VAE, MLPDecoder, MLPEncoder, elbo_terms, load_dataset, make_likelihood
-from pyro_vae.ppca import gaussian_marginal_log_prob, ppca_mle, principal_cosines
+from pyro_vae.models.ppca import gaussian_marginal_log_prob, ppca_mle, principal_cosines
 
 
 def test_linear_vae_elbo_optimum_is_the_exact_ppca_likelihood():

@@ -9,19 +9,19 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from conftest import small_vae
 from test_evaluation import ppca_vae
 
 from pyro_vae.cli import main
 from pyro_vae.errors import ConfigError
-from pyro_vae.estimators import (
+from pyro_vae.infer.estimators import (
     ESTIMATORS,
     SCORE_FAMILY,
     ScoreFunctionMessenger,
     pyro_loss,
     surrogate_objective,
 )
-from pyro_vae.variance import measure_estimator, run_lab, write_report
+from pyro_vae.lab.variance import measure_estimator, run_lab, write_report
+from tests.common import small_vae
 
 MU, SIGMA, R = 1.5, 0.8, 400000
 
@@ -115,7 +115,7 @@ def test_reparam_and_stl_match_pyro_exactly_with_common_random_numbers():
     vae = small_vae(event_shape=(5,), latent_dim=2)
     x = torch.rand(6, 5)
     for estimator in ("reparam", "stl"):
-        from pyro_vae.estimators import explicit_surrogate
+        from pyro_vae.infer.estimators import explicit_surrogate
 
         pyro.set_rng_seed(3)
         a = explicit_surrogate(vae, x, None, estimator, "mc", 4)
@@ -183,7 +183,7 @@ def test_variance_command_on_a_fresh_config(tmp_path, capsys):
 def test_svi_trains_with_every_estimator(estimator):
     """svi_objective's (guide, ELBO) pair drives plain pyro.infer.SVI; the score-nn baseline
     network is registered and trained by SVI too."""
-    from pyro_vae.estimators import svi_objective
+    from pyro_vae.infer.estimators import svi_objective
 
     vae = small_vae(event_shape=(5,), latent_dim=2, num_data=40)
     x = torch.rand(40, 5)

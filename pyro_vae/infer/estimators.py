@@ -61,9 +61,9 @@ from torch import nn
 from torch.distributions import kl_divergence
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.objectives import make_elbo, particle_options
+from pyro_vae.infer.elbo import make_elbo, particle_options
+from pyro_vae.models.vae import VAE
 from pyro_vae.sites import LATENT_SITE
-from pyro_vae.vae import VAE
 
 ESTIMATORS = ("reparam", "score", "score-avg", "score-nn", "stl")
 KL_MODES = ("mc", "analytic")
@@ -98,14 +98,44 @@ class StopGradientNormal(dist.Normal):
         return dist.Normal(self.loc.detach(), self.scale.detach()).log_prob(value)
 
 
-def _rebuild(fn: dist.TorchDistribution, cls: type[dist.Normal]) -> dist.TorchDistribution:
+class ScoreFunctionMultivariateNormal(dist.MultivariateNormal):
+    """A full-covariance Gaussian that Pyro treats as non-reparameterizable."""
+
+    has_rsample = False
+
+
+class StopGradientMultivariateNormal(dist.MultivariateNormal):
+    """A full-covariance Gaussian whose ``log_prob`` sees its parameters as constants."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return dist.MultivariateNormal(self.loc.detach(),
+                                       scale_tril=self.scale_tril.detach()).log_prob(value)
+
+
+_REBUILD = {
+    "score": {dist.Normal: ScoreFunctionNormal,
+              dist.MultivariateNormal: ScoreFunctionMultivariateNormal},
+    "stl": {dist.Normal: StopGradientNormal,
+            dist.MultivariateNormal: StopGradientMultivariateNormal},
+}
+
+
+def _rebuild(fn: dist.TorchDistribution, kind: str) -> dist.TorchDistribution:
+    """``fn`` as the score-function (``kind="score"``) or sticking-the-landing (``"stl"``)
+    version of its Gaussian, keeping its ``to_event`` dims: the guide site may be a diagonal
+    (``Normal``) or full-covariance (``MultivariateNormal``) Gaussian."""
     base, ndims = fn, 0
     while isinstance(base, dist.Independent):
         ndims += base.reinterpreted_batch_ndims
         base = base.base_dist
-    if not isinstance(base, dist.Normal):
-        raise ConfigError(f"the estimator lab needs a Normal guide at site z, got {type(base)}")
-    new = cls(base.loc, base.scale)
+    if isinstance(base, dist.MultivariateNormal):
+        new = _REBUILD[kind][dist.MultivariateNormal](base.loc, scale_tril=base.scale_tril)
+    elif isinstance(base, dist.Normal):
+        new = _REBUILD[kind][dist.Normal](base.loc, base.scale)
+    else:
+        raise ConfigError(f"the {kind} estimator needs a Gaussian guide site z (Normal or "
+                          f"MultivariateNormal), got {type(base).__name__}; use the reparam "
+                          "estimator for this guide")
     return new.to_event(ndims) if ndims else new
 
 
@@ -128,7 +158,7 @@ class ScoreFunctionMessenger(Messenger):
     def _process_message(self, msg: Any) -> None:
         if msg["type"] != "sample" or msg["name"] != self.site or msg["is_observed"]:
             return
-        msg["fn"] = _rebuild(msg["fn"], ScoreFunctionNormal)
+        msg["fn"] = _rebuild(msg["fn"], "score")
         if self.baseline == "avg":
             msg["infer"]["baseline"] = {"use_decaying_avg_baseline": True,
                                         "baseline_beta": BASELINE_BETA}
@@ -146,7 +176,7 @@ class StickingTheLandingMessenger(Messenger):
 
     def _process_message(self, msg: Any) -> None:
         if msg["type"] == "sample" and msg["name"] == self.site and not msg["is_observed"]:
-            msg["fn"] = _rebuild(msg["fn"], StopGradientNormal)
+            msg["fn"] = _rebuild(msg["fn"], "stl")
 
 
 class NeuralBaseline(nn.Module):
@@ -191,7 +221,7 @@ def surrogate_objective(
     if estimator in ("reparam", "stl"):
         z = q.rsample((num_samples,))
         log_q = q.log_prob(z) if estimator == "reparam" else \
-            _rebuild(q, StopGradientNormal).log_prob(z)
+            _rebuild(q, "stl").log_prob(z)
         fz = f(z, log_q)
         return fz.mean(0), fz.detach()
     z = q.sample((num_samples,))
@@ -290,8 +320,11 @@ def pyro_loss(
     kl: str = "mc",
     num_samples: int = 1,
     nn_baseline: nn.Module | None = None,
+    guide: Callable[..., Any] | None = None,
 ) -> torch.Tensor:
-    """The same estimator's surrogate through Pyro's ELBOs, per data point (loss / B).
+    """The same estimator's surrogate through Pyro's ELBOs, per data point (loss / B), for
+    ``guide`` (default ``vae.guide``; any guide of the protocol whose site ``"z"`` is a
+    Gaussian, diagonal or full-covariance, for the score and STL estimators).
 
     ``vae.num_data`` must be ``None`` (the batch is the data set) so the scales match the
     explicit form. Returns a differentiable surrogate loss; for the ``score`` family it is
@@ -301,12 +334,13 @@ def pyro_loss(
     check_estimator(estimator, kl)
     if estimator in SCORE_FAMILY:
         _check_pyro_supports(estimator, kl)
-        guide = _score_function_guide(vae, BASELINE_KIND[estimator], nn_baseline, num_samples,
-                                      register=False)  # the lab trains the baseline itself
+        sf_guide = _score_function_guide(vae, BASELINE_KIND[estimator], nn_baseline,
+                                         num_samples, register=False,  # the lab trains it
+                                         guide=guide)
         elbo = TraceGraph_ELBO(**particle_options(num_samples))
-        return _tracegraph_surrogate(elbo, vae.model, guide, x, y) / x.shape[0]
-    guide, elbo = svi_objective(vae, estimator, kl, num_samples)
-    return elbo.differentiable_loss(vae.model, guide, x, y) / x.shape[0]
+        return _tracegraph_surrogate(elbo, vae.model, sf_guide, x, y) / x.shape[0]
+    est_guide, elbo = svi_objective(vae, estimator, kl, num_samples, guide=guide)
+    return elbo.differentiable_loss(vae.model, est_guide, x, y) / x.shape[0]
 
 
 def _check_pyro_supports(estimator: str, kl: str) -> None:
@@ -317,21 +351,24 @@ def _check_pyro_supports(estimator: str, kl: str) -> None:
 
 
 def _score_function_guide(
-    vae: VAE, kind: str | None, net: nn.Module | None, num_particles: int, register: bool
+    vae: VAE, kind: str | None, net: nn.Module | None, num_particles: int, register: bool,
+    guide: Callable[..., Any] | None = None,
 ) -> Callable[..., Any]:
     """The VAE's guide under :class:`ScoreFunctionMessenger`. The network baseline must match
     TraceGraph's downstream cost, shape (S, B) with S vectorized particles, so its input is
     expanded; ``register`` makes it a ``pyro.module`` that SVI trains."""
 
-    def guide(x, y=None, indices=None, beta=1.0):
+    base_guide = vae.guide if guide is None else guide
+
+    def sf_guide(x, y=None, indices=None, beta=1.0):
         if register and net is not None:
             pyro.module("baseline", net)
         nn_input = x.expand(num_particles, *x.shape) if num_particles > 1 else x
         handler = ScoreFunctionMessenger(baseline=kind, nn_baseline=net,
                                          nn_baseline_input=nn_input)
-        return handler(vae.guide)(x, y, indices, beta)
+        return handler(base_guide)(x, y, indices, beta)
 
-    return guide
+    return sf_guide
 
 
 def _tracegraph_surrogate(elbo: TraceGraph_ELBO, model, guide, *args) -> torch.Tensor:
@@ -340,10 +377,14 @@ def _tracegraph_surrogate(elbo: TraceGraph_ELBO, model, guide, *args) -> torch.T
     return surrogate
 
 
-def parameter_groups(vae: VAE) -> dict[str, list[torch.Tensor]]:
-    """The parameters whose gradients the lab measures: φ (encoder) and θ (decoder + params)."""
-    theta = list(vae.decoder.parameters())
-    return {"encoder": list(vae.encoder.parameters()), "decoder": theta}
+def parameter_groups(vae: VAE, guide: Callable[..., Any] | None = None
+                     ) -> dict[str, list[torch.Tensor]]:
+    """The parameters whose gradients the lab measures: φ (the encoder, or the module of a
+    user's ``guide``) and θ (the decoder)."""
+    owner = getattr(guide, "__self__", guide)
+    phi = list(owner.parameters()) if isinstance(owner, nn.Module) and owner is not vae \
+        else list(vae.encoder.parameters())
+    return {"encoder": phi, "decoder": list(vae.decoder.parameters())}
 
 
 def flat_gradients(loss: torch.Tensor, groups: dict[str, list[torch.Tensor]]) -> dict[str,
@@ -370,7 +411,7 @@ def pyro_surrogate_needs_clean_store() -> None:
 
 def svi_objective(
     vae: VAE, estimator: str, kl: str = "mc", num_particles: int = 1,
-    baseline_offset: float = 0.0,
+    baseline_offset: float = 0.0, guide: Callable[..., Any] | None = None,
 ) -> tuple[Callable[..., Any], Any]:
     """A ``(guide, ELBO)`` pair that makes ``pyro.infer.SVI`` train with ``estimator``.
 
@@ -383,14 +424,17 @@ def svi_objective(
     """
     check_estimator(estimator, kl)
     _check_pyro_supports(estimator, kl)
+    base_guide = vae.guide if guide is None else guide
     if estimator == "reparam" or (estimator == "stl" and kl == "analytic"):
         # with an analytic KL there is no sampled log q: STL is the reparameterized estimator
-        return vae.guide, make_elbo("meanfield" if kl == "analytic" else "trace", num_particles)
+        return base_guide, make_elbo("meanfield" if kl == "analytic" else "trace",
+                                     num_particles)
     if estimator == "stl":
-        return StickingTheLandingMessenger()(vae.guide), make_elbo("trace", num_particles)
+        return StickingTheLandingMessenger()(base_guide), make_elbo("trace", num_particles)
     kind = BASELINE_KIND[estimator]
     net = NeuralBaseline(vae.event_shape, offset=baseline_offset) if kind == "nn" else None
     if net is not None:
         net.to(next(vae.encoder.parameters()).device)
-    return (_score_function_guide(vae, kind, net, num_particles, register=True),
+    return (_score_function_guide(vae, kind, net, num_particles, register=True,
+                                  guide=guide),
             TraceGraph_ELBO(**particle_options(num_particles)))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pyro
 import pytest
 import torch
-from conftest import make_batch, small_vae
 from pyro import poutine
 from pyro.infer import JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import elbo_terms, make_elbo
-from pyro_vae.objectives import DirectCall, FastJitTrace_ELBO, FastJitTraceMeanField_ELBO
+from pyro_vae.infer.elbo import DirectCall, FastJitTrace_ELBO, FastJitTraceMeanField_ELBO
+from tests.common import make_batch, small_vae
 
 
 def closed_form_kl(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

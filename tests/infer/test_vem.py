@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from pyro_vae import VAE, Config, make_likelihood, train_run
-from pyro_vae.vem import LocalGuide, RowAdam, VariationalEM, amortization_gap, fit_local
+from pyro_vae.infer.vem import LocalGuide, RowAdam, VariationalEM, fit_local
+from pyro_vae.lab.gap import amortization_gap
 
 
 def correlated_ppca(d=4, q=2, sigma=0.3, seed=0):
@@ -63,8 +64,8 @@ def test_local_guide_uses_the_vae_plate_and_subsamples_its_params():
 
 @pytest.mark.parametrize("mode", ["alternating", "joint"])
 def test_vem_training_improves_the_elbo(mode):
-    from pyro_vae.factory import build_vae
-    from pyro_vae.runs import prepare_data
+    from pyro_vae.data import prepare_data
+    from pyro_vae.models.builder import build_vae
 
     config = Config(dataset="moons", hidden=(32,), max_train=300, max_test=50,
                     batch_size=50).resolved()

@@ -10,8 +10,8 @@ import torch
 import torch.distributions as td
 
 from pyro_vae import DataError, make_likelihood
+from pyro_vae.distributions.likelihoods import LIKELIHOODS, MIN_PREDICTED_SCALE
 from pyro_vae.errors import ConfigError
-from pyro_vae.likelihoods import LIKELIHOODS, MIN_PREDICTED_SCALE
 from pyro_vae.sites import OBS_SCALE_PARAM
 
 

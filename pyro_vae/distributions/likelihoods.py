@@ -62,8 +62,18 @@ class Likelihood:
     num_params: int
     support: str
 
-    def distribution(self, *params: torch.Tensor) -> dist.TorchDistribution:
-        """The per-dimension distribution p(x_d | z) given the decoder's outputs."""
+    @property
+    def learns_scale(self) -> bool:
+        """True when the likelihood has a learned scale (``pyro.param("obs_scale")``)."""
+        return False
+
+    def distribution(self, *params: torch.Tensor,
+                     scale: torch.Tensor | None = None) -> dist.TorchDistribution:
+        """The per-dimension distribution p(x_d | z) given the decoder's outputs.
+
+        :param scale: the learned scale, for likelihoods that learn one (a model that owns the
+            parameter passes it); ``None`` reads ``pyro.param("obs_scale")``.
+        """
         raise NotImplementedError
 
     def mean(self, *params: torch.Tensor) -> torch.Tensor:
@@ -96,7 +106,8 @@ class BernoulliLikelihood(Likelihood):
 
     allow_greyscale: bool = False
 
-    def distribution(self, logits: torch.Tensor) -> dist.TorchDistribution:  # type: ignore[override]
+    def distribution(self, logits: torch.Tensor,  # type: ignore[override]
+                     scale: torch.Tensor | None = None) -> dist.TorchDistribution:
         if self.allow_greyscale:
             return dist.Bernoulli(logits=logits, validate_args=False)
         return dist.Bernoulli(logits=logits)
@@ -115,7 +126,8 @@ class BernoulliLikelihood(Likelihood):
 class ContinuousBernoulliLikelihood(Likelihood):
     """Continuous Bernoulli with logits from the decoder."""
 
-    def distribution(self, logits: torch.Tensor) -> dist.TorchDistribution:  # type: ignore[override]
+    def distribution(self, logits: torch.Tensor,  # type: ignore[override]
+                     scale: torch.Tensor | None = None) -> dist.TorchDistribution:
         return dist.ContinuousBernoulli(logits=logits)
 
 
@@ -132,11 +144,18 @@ class LocationScaleLikelihood(Likelihood):
     scale_mode: str = "fixed"
     obs_scale: float = 1.0
 
-    def _scale(self, loc: torch.Tensor, raw: torch.Tensor | None) -> torch.Tensor | float:
+    @property
+    def learns_scale(self) -> bool:
+        return self.scale_mode == "learned"
+
+    def _scale(self, loc: torch.Tensor, raw: torch.Tensor | None,
+               learned: torch.Tensor | None) -> torch.Tensor | float:
         if self.scale_mode == "predicted":
             assert raw is not None
             return F.softplus(raw) + MIN_PREDICTED_SCALE
         if self.scale_mode == "learned":
+            if learned is not None:
+                return learned
             init = self.obs_scale
             return pyro.param(
                 OBS_SCALE_PARAM,
@@ -146,9 +165,10 @@ class LocationScaleLikelihood(Likelihood):
         return self.obs_scale
 
     def distribution(  # type: ignore[override]
-        self, loc: torch.Tensor, raw_scale: torch.Tensor | None = None
+        self, loc: torch.Tensor, raw_scale: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
     ) -> dist.TorchDistribution:
-        scale = self._scale(loc, raw_scale)
+        scale = self._scale(loc, raw_scale, scale)
         if self.family == "laplace":
             return dist.Laplace(loc, scale)
         return dist.Normal(loc, scale)

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from conftest import make_batch, small_vae
 from torch import nn
 
 from pyro_vae import (
@@ -20,7 +19,8 @@ from pyro_vae import (
     iwae_log_likelihood,
     make_likelihood,
 )
-from pyro_vae.data import CIRCLE_NOISE, circle_points
+from pyro_vae.data.datasets import CIRCLE_NOISE, circle_points
+from tests.common import make_batch, small_vae
 
 
 class LinearGaussianEncoder(nn.Module):

@@ -10,9 +10,9 @@ import torch
 
 from pyro_vae import Config, KLSchedule, TrainingDivergedError, train_run
 from pyro_vae.checkpoint import load_checkpoint
-from pyro_vae.data import DataSet
-from pyro_vae.runs import prepare_data
-from pyro_vae.training import Trainer
+from pyro_vae.data import prepare_data
+from pyro_vae.data.datasets import DataSet
+from pyro_vae.infer.trainer import Trainer
 
 SMALL = dict(dataset="digits", hidden=(32,), latent_dim=2, max_train=256, max_test=64,
              batch_size=64, lr=3e-3)
@@ -24,7 +24,7 @@ def small_config(**changes) -> Config:
 
 def fit(config: Config, epochs: int) -> Trainer:
     pyro.set_rng_seed(config.seed)
-    trainer = Trainer(config, prepare_data(config))
+    trainer = Trainer.from_config(config, prepare_data(config))
     for _ in range(epochs):
         trainer.train_epoch()
     return trainer
@@ -66,7 +66,7 @@ def test_conv_jit_and_eager_paths_take_the_same_steps(shape):
         config = Config(arch="conv", latent_dim=4, batch_size=16, epochs=2, jit=jit,
                         likelihood="bernoulli", binarize="none").resolved()
         pyro.set_rng_seed(0)
-        trainer = Trainer(config, data)
+        trainer = Trainer.from_config(config, data)
         histories.append([trainer.train_epoch() for _ in range(2)])
         buffers.append(trainer.vae.encoder.state_dict())
     for a, b in zip(*histories, strict=True):
@@ -181,7 +181,7 @@ def test_nan_during_a_run_keeps_the_last_good_checkpoint(tmp_path):
         train_run(config, tmp_path / "run", progress=False, on_epoch=poison, figures=False)
     state = load_checkpoint(tmp_path / "run")
     assert state["epoch"] == 2
-    assert all(torch.isfinite(t).all() for t in state["modules"]["decoder"].values())
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
 
 
 def _comparable(history):
@@ -210,8 +210,8 @@ def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path, changes
     resumed = train_run(small_config(epochs=4, **changes), tmp_path / "part", resume=True,
                         progress=False, figures=False)
     assert _comparable(resumed.history) == _comparable(full.history)
-    a = load_checkpoint(tmp_path / "full")["modules"]["decoder"]
-    b = load_checkpoint(tmp_path / "part")["modules"]["decoder"]
+    a = load_checkpoint(tmp_path / "full")["model"]
+    b = load_checkpoint(tmp_path / "part")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -220,6 +220,6 @@ def test_learned_obs_scale_is_trained_and_checkpointed(tmp_path):
                     likelihood="gaussian-learned").resolved()
     result = train_run(config, tmp_path / "m", progress=False, figures=False)
     state = load_checkpoint(tmp_path / "m")
-    sigma = math.exp(float(state["params"]["obs_scale"]))
+    sigma = math.exp(float(state["model"]["obs_scale_unconstrained"]))
     assert sigma == pytest.approx(result.history[-1]["obs_scale"])
     assert sigma != pytest.approx(0.1)

@@ -29,26 +29,32 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pyro
 import torch
 from pyro import poutine
-from torch.distributions import constraints
+from torch import nn
 
-from pyro_vae.annealing import KLSchedule
-from pyro_vae.checkpoint import get_rng_state, set_rng_state
+from pyro_vae.checkpoint import (
+    checkpoint_payload,
+    data_description,
+    guide_module,
+    restore_model,
+    set_rng_state,
+)
 from pyro_vae.config import Config
-from pyro_vae.data import DataSet
-from pyro_vae.errors import CheckpointError, TrainingDivergedError
-from pyro_vae.evaluation import evaluate_elbo
-from pyro_vae.factory import build_optimizer, build_vae
-from pyro_vae.objectives import make_elbo
+from pyro_vae.data.datasets import DataSet
+from pyro_vae.data.preparation import binarize, train_eval_subset
+from pyro_vae.errors import CheckpointError, ConfigError, TrainingDivergedError
+from pyro_vae.infer.annealing import KLSchedule
+from pyro_vae.infer.elbo import make_elbo
+from pyro_vae.infer.evaluation import evaluate_elbo
+from pyro_vae.infer.optim import build_optimizer
+from pyro_vae.models.builder import build_vae
+from pyro_vae.models.vae import VAE
 from pyro_vae.sites import OBS_SCALE_PARAM
-from pyro_vae.vae import VAE
-
-#: Training ELBO and its split are evaluated on at most this many training points per epoch.
-TRAIN_EVAL_POINTS = 10000
 
 
 class NonFiniteStepError(Exception):
@@ -79,115 +85,128 @@ def all_finite(loss: float, grads: list[torch.Tensor]) -> bool:
     return not found_inf.item()
 
 
-def trainable_params(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None
+def trainable_params(model: Callable[..., Any], guide: Callable[..., Any], x: torch.Tensor,
+                     y: torch.Tensor | None = None, owners: tuple[nn.Module, ...] = ()
                      ) -> dict[str, torch.Tensor]:
-    """Every tensor SVI on ``vae`` trains, by param-store name, in a fixed (sorted) order.
+    """Every tensor SVI on ``model`` / ``guide`` trains, by param-store name, in a fixed
+    (sorted) order.
 
-    Runs guide and model once on the few points ``x`` (labels ``y`` for a conditional VAE), so
-    that ``pyro.module`` registers the networks and each ``pyro.param`` is created; the random
-    state is restored after, the networks are in eval mode (batch-norm statistics untouched) and
-    no graph is built. For constrained params the tensor is the unconstrained one, as ``SVI``
-    optimizes it.
+    Runs guide and model once on the few points ``x`` (labels ``y`` for a conditional model),
+    so that ``pyro.module`` registers the networks and each ``pyro.param`` is created; the
+    random state is restored after, the ``owners`` modules are in eval mode (batch-norm
+    statistics untouched) and no graph is built. For constrained params the tensor is the
+    unconstrained one, as ``SVI`` optimizes it.
     """
     idx = torch.arange(x.shape[0], device=x.device)
     devices = [x.device] if x.device.type == "cuda" else []
-    was_training = vae.encoder.training
-    vae.eval()
+    modes = [(sub, sub.training) for m in owners for sub in m.modules()]
+    for m in owners:
+        m.eval()
     try:
         with torch.random.fork_rng(devices=devices), torch.no_grad(), \
                 poutine.trace(param_only=True) as capture:
-            vae.guide(x, y, idx)
-            vae.model(x, y, idx)
+            guide(x, y, idx)
+            model(x, y, idx)
     finally:
-        vae.train(was_training)
+        for sub, mode in modes:
+            sub.training = mode
     found = {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
     return dict(sorted(found.items()))
 
 
-def train_eval_subset(config: Config, data: DataSet) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The first :data:`TRAIN_EVAL_POINTS` training points (and labels) on which the training
-    ELBO is reported each epoch; with dynamic binarization, binarized once with a fixed
-    generator (``split_seed + 1``), as the test set is."""
-    x = data.x_train[:TRAIN_EVAL_POINTS]
-    y = None if data.y_train is None else data.y_train[:TRAIN_EVAL_POINTS]
-    if config.binarize == "dynamic":
-        gen = torch.Generator().manual_seed(config.split_seed + 1)
-        x = torch.bernoulli(x.cpu(), generator=gen).to(x.device)
-    return x, y
-
-
-def epoch_metrics(vae: VAE, data: DataSet, x_train: torch.Tensor,
-                  y_train: torch.Tensor | None, num_samples: int) -> dict[str, float]:
+def epoch_metrics(vae: Any, data: DataSet, x_train: torch.Tensor,
+                  y_train: torch.Tensor | None, num_samples: int,
+                  guide: Callable[..., Any] | None = None) -> dict[str, float]:
     """``train_elbo`` / ``train_recon`` / ``train_kl`` on ``x_train`` (the subset of
-    :func:`train_eval_subset`), ``test_*`` on the test set, each with its ``*_se``."""
+    :func:`~pyro_vae.data.train_eval_subset`), ``test_*`` on the test set, each with its
+    ``*_se``."""
     out: dict[str, float] = {}
-    y_test = data.y_test if vae.conditional else None
-    y_train = y_train if vae.conditional else None
+    conditional = getattr(vae, "conditional", False)
+    y_test = data.y_test if conditional else None
+    y_train = y_train if conditional else None
     for split, x, y in (("train", x_train, y_train), ("test", data.x_test, y_test)):
-        for key, est in evaluate_elbo(vae, x, y, num_samples=num_samples).items():
+        for key, est in evaluate_elbo(vae, x, y, num_samples=num_samples, guide=guide).items():
             out[f"{split}_{key}"] = est.mean
             out[f"{split}_{key}_se"] = est.stderr
     return out
 
 
-def checkpoint_state(config: Config, vae: VAE, data: DataSet, *, epoch: int, global_step: int,
-                     trained: list[str], optimizer: torch.optim.Optimizer,
-                     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-                     history: list[dict[str, Any]]) -> dict[str, Any]:
-    """The checkpoint payload (format in :mod:`pyro_vae.checkpoint`): ``vae``'s networks, the
-    other ``pyro.param`` values of the param store, and ``optimizer`` over the tensors named
-    ``trained``."""
-    module_prefixes = tuple(f"{name}$$$" for name in vae.modules())
-    unconstrained = pyro.get_param_store().get_state()["params"]
-    params = {name: value.detach().clone() for name, value in unconstrained.items()
-              if not name.startswith(module_prefixes)}
-    return {
-        "config": config.to_dict(),
-        "data": {"event_shape": list(vae.event_shape),
-                 "num_data": int(data.x_train.shape[0]),
-                 "num_classes": data.num_classes},
-        "epoch": epoch,
-        "global_step": global_step,
-        "modules": {name: m.state_dict() for name, m in vae.modules().items()},
-        "params": params,
-        "optimizer": {
-            "params": list(trained),
-            "state": optimizer.state_dict(),
-            "scheduler": None if scheduler is None else scheduler.state_dict(),
-        },
-        "rng": get_rng_state(),
-        "history": history,
-    }
+class ModelGuide(nn.Module):
+    """A user's ``model`` and ``guide`` functions as the object the trainer and the evaluation
+    tools take (``.model``, ``.guide``, ``.conditional``). Modules the functions use should be
+    passed as ``modules`` so that train/eval mode, devices and checkpoints reach them."""
 
-
-def binarize(x: torch.Tensor) -> torch.Tensor:
-    """One draw x_bin ~ Bernoulli(x) per pixel (dynamic binarization)."""
-    return torch.bernoulli(x)
+    def __init__(self, model: Callable[..., Any], guide: Callable[..., Any],
+                 conditional: bool = False, modules: dict[str, nn.Module] | None = None):
+        super().__init__()
+        self.model, self.guide, self.conditional = model, guide, conditional
+        self.nets = nn.ModuleDict(modules or {})
 
 
 class Trainer:
-    """Trains ``config``'s VAE on ``data`` (already validated and on ``device``).
+    """Trains a model / guide pair on ``data`` with mini-batch SVI.
+
+    :param vae: a :class:`~pyro_vae.models.vae.VAE`, or any object with ``.model`` and
+        ``.guide`` that follows the protocol (module docstring), or a model function (then
+        ``guide`` is required).
+    :param data: the :class:`~pyro_vae.data.DataSet` (already prepared:
+        :func:`~pyro_vae.data.prepare_data`).
+    :param config: the training options (``lr``, ``batch_size``, ``epochs``, ``elbo``,
+        ``num_particles``, KL schedule, ``binarize``, ...); default ``Config()`` resolved for the
+        data set. Its model options are not used: the model is the one given. JIT is off for a
+        hand-built model unless ``config.jit`` is ``True``.
+    :param guide: a guide to train instead of ``vae.guide`` (same protocol).
+    :param device: where the data and the model go.
 
     :attr:`history` holds one dict per completed epoch with ``train_loss`` (the optimized
     objective per point, β-weighted), ``train_elbo`` / ``train_recon`` / ``train_kl`` (on up to
-    :data:`TRAIN_EVAL_POINTS` training points, β = 1), ``test_elbo`` / ``test_recon`` /
-    ``test_kl`` with standard errors, ``beta``, ``lr``, ``seconds`` and ``skipped_steps``.
+    :data:`~pyro_vae.data.TRAIN_EVAL_POINTS` training points, β = 1), ``test_elbo`` /
+    ``test_recon`` / ``test_kl`` with standard errors, ``beta``, ``lr``, ``seconds`` and
+    ``skipped_steps``. :meth:`from_config` builds the model from a configuration, as the CLI does.
     """
 
-    def __init__(self, config: Config, data: DataSet, device: torch.device | str = "cpu"):
-        self.config = config
+    def __init__(self, vae: Any, data: DataSet, config: Config | None = None, *,
+                 guide: Callable[..., Any] | None = None,
+                 device: torch.device | str = "cpu") -> None:
+        if isinstance(vae, Config):
+            raise ConfigError("Trainer takes the model first: Trainer(vae, data, config); to "
+                              "build the model from a configuration use "
+                              "Trainer.from_config(config, data)")
+        if not hasattr(vae, "model"):
+            if not callable(vae) or guide is None:
+                raise ConfigError("Trainer needs a VAE (or an object with .model and .guide), "
+                                  "or a model function together with guide=...")
+            vae = ModelGuide(vae, guide)
+        given = config if config is not None else Config(dataset="file")
+        if given.jit is None and not isinstance(vae, VAE):
+            given = given.replace(jit=False)
+        self.config = config = given.resolved()
         self.device = torch.device(device)
         self.data = data.to(self.device)
-        pyro.clear_param_store()
-        self.vae: VAE = build_vae(config, data.event_shape, num_data=data.x_train.shape[0],
-                                  num_classes=data.num_classes).to(self.device)
+        n = data.x_train.shape[0]
+        if isinstance(vae, VAE):
+            if vae.num_data is None:
+                vae.num_data = n
+            elif vae.num_data != n:
+                raise ConfigError(f"the model was built for num_data={vae.num_data} points but "
+                                  f"the training data has {n}; build it with num_data={n}")
+            vae.check_shape(data.x_train[:1])
+            if vae.conditional and data.y_train is None:
+                raise ConfigError("the model is conditional but the data has no labels")
+        self.vae = vae.to(self.device) if isinstance(vae, nn.Module) else vae
+        self.user_guide = guide
+        self.guide_fn = guide if guide is not None else vae.guide
+        owner = guide_module(guide)
+        if owner is not None:
+            owner.to(self.device)
+        self.owners = tuple(m for m in (self.vae, owner) if isinstance(m, nn.Module))
+        self.conditional = bool(getattr(vae, "conditional", False))
         self.elbo = make_elbo(config.elbo, config.num_particles, config.jit)
         self.model, self.guide = self._programs()
         self.params = self._discover_params()
         self.optimizer, self.scheduler = build_optimizer(config, self.params.values())
         self._validated = False
         self._compiled: set[int] = set()  # batch sizes the JIT ELBO is compiled for
-        n = data.x_train.shape[0]
         self.steps_per_epoch = math.ceil(n / config.batch_size)
         self.kl_schedule = KLSchedule.for_run(config, self.steps_per_epoch)
         self.epoch = 0
@@ -195,30 +214,41 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._x_eval_train, self._y_eval_train = train_eval_subset(config, self.data)
 
+    @classmethod
+    def from_config(cls, config: Config, data: DataSet,
+                    device: torch.device | str = "cpu") -> Trainer:
+        """The trainer of the VAE that ``config`` describes (what ``pyro-vae train`` runs)."""
+        config = config.resolved()
+        pyro.clear_param_store()
+        vae = build_vae(config, data.event_shape, num_data=data.x_train.shape[0],
+                        num_classes=data.num_classes)
+        return cls(vae, data, config, device=device)
+
     # ------------------------------------------------------------------ programs for SVI
     def _programs(self):
         """Model and guide as SVI sees them. With JIT, every positional argument must be a
         tensor and the batch size is a keyword, so each batch size compiles once."""
-        vae = self.vae
+        vae_model, vae_guide = self.vae.model, self.guide_fn
         if not self.config.jit:
-            return vae.model, vae.guide
-        if vae.conditional:
+            return vae_model, vae_guide
+        if self.conditional:
             def model(x, y, indices, beta, batch_size=None):
-                return vae.model(x, y, indices, beta)
+                return vae_model(x, y, indices, beta)
 
             def guide(x, y, indices, beta, batch_size=None):
-                return vae.guide(x, y, indices, beta)
+                return vae_guide(x, y, indices, beta)
         else:
             def model(x, indices, beta, batch_size=None):
-                return vae.model(x, None, indices, beta)
+                return vae_model(x, None, indices, beta)
 
             def guide(x, indices, beta, batch_size=None):
-                return vae.guide(x, None, indices, beta)
+                return vae_guide(x, None, indices, beta)
         return model, guide
 
     def _discover_params(self) -> dict[str, torch.Tensor]:
-        y = self.data.y_train[:2] if self.vae.conditional else None
-        return trainable_params(self.vae, self.data.x_train[:2], y)
+        y = self.data.y_train[:2] if self.conditional else None
+        return trainable_params(self.vae.model, self.guide_fn, self.data.x_train[:2], y,
+                                self.owners)
 
     def _loss(self, args: tuple, kwargs: dict) -> torch.Tensor:
         if not self.config.jit:
@@ -233,7 +263,7 @@ class Trainer:
         state and the networks' buffers (batch-norm statistics) restored afterwards: compiling
         runs model and guide several times, and a resumed run, which compiles again, must draw
         the same numbers as an uninterrupted one."""
-        buffers = [b for m in self.vae.modules().values() for b in m.buffers()]
+        buffers = [b for m in self.owners for b in m.buffers()]
         saved = [b.clone() for b in buffers]
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
@@ -273,7 +303,7 @@ class Trainer:
         if not self.config.jit:
             return (x, y, idx, beta), {}
         b = torch.tensor(beta, device=self.device)
-        args = (x, y, idx, b) if self.vae.conditional else (x, idx, b)
+        args = (x, y, idx, b) if self.conditional else (x, idx, b)
         return args, {"batch_size": int(x.shape[0])}
 
     # ------------------------------------------------------------------ the loop
@@ -285,22 +315,25 @@ class Trainer:
         start = time.perf_counter()
         perm = torch.randperm(n).to(self.device)
         total, points, skipped = 0.0, 0, 0
-        self.vae.train()
+        for m in self.owners:
+            m.train()
         for step, idx in enumerate(perm.split(cfg.batch_size)):
             x = x_all[idx]
             if cfg.binarize == "dynamic":
                 x = binarize(x)
             y = None if y_all is None else y_all[idx]
             beta = self.kl_schedule(self.global_step)
-            args, kwargs = self._step_args(x, y if self.vae.conditional else None, idx, beta)
+            args, kwargs = self._step_args(x, y if self.conditional else None, idx, beta)
             try:
                 loss = self._step(args, kwargs)
             except NonFiniteStepError as bad:
                 if not cfg.skip_nonfinite:
+                    kept = (f"the last good checkpoint (epoch {self.epoch}) is kept" if self.epoch
+                            else "no epoch had finished, so no checkpoint was written")
                     raise TrainingDivergedError(
                         f"the loss or a gradient became {bad.args[0]} at epoch {self.epoch + 1}, "
-                        f"step {step + 1}; the last good checkpoint (epoch {self.epoch}) is kept: "
-                        "lower --lr, use --optimizer clipped-adam, or pass --skip-nonfinite"
+                        f"step {step + 1}; {kept}: lower --lr, use --optimizer clipped-adam, or "
+                        "pass --skip-nonfinite"
                     ) from None
                 skipped += 1
                 loss = float("nan")
@@ -322,38 +355,50 @@ class Trainer:
             "skipped_steps": skipped,
         }
         metrics.update(self.evaluate())
-        if OBS_SCALE_PARAM in pyro.get_param_store():
+        scale = self.vae.obs_scale() if isinstance(self.vae, VAE) else None
+        if scale is not None:
+            metrics["obs_scale"] = float(scale.detach())
+        elif OBS_SCALE_PARAM in pyro.get_param_store():
             metrics["obs_scale"] = float(pyro.param(OBS_SCALE_PARAM).detach())
         self.history.append(metrics)
         return metrics
 
+    def fit(self, epochs: int | None = None) -> list[dict[str, Any]]:
+        """Train until ``epochs`` (default ``config.epochs``) epochs are done; returns history."""
+        target = self.config.epochs if epochs is None else epochs
+        while self.epoch < target:
+            self.train_epoch()
+        return self.history
+
     def evaluate(self) -> dict[str, float]:
         """ELBO, reconstruction and KL per point on the test set and a training subset."""
         return epoch_metrics(self.vae, self.data, self._x_eval_train, self._y_eval_train,
-                             self.config.eval_samples)
+                             self.config.eval_samples, guide=self.user_guide)
 
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        return checkpoint_state(self.config, self.vae, self.data, epoch=self.epoch,
-                                global_step=self.global_step, trained=list(self.params),
-                                optimizer=self.optimizer, scheduler=self.scheduler,
-                                history=self.history)
+        """The checkpoint payload (:mod:`pyro_vae.checkpoint`) of the model, guide, optimizer,
+        random state and history."""
+        built_in = isinstance(self.vae, VAE) and self.user_guide is None
+        return checkpoint_payload(
+            self.vae, config=self.config if built_in else None, guide=self.user_guide,
+            data=data_description(self.vae, self.data.x_train.shape[0], self.data.num_classes),
+            epoch=self.epoch, global_step=self.global_step, optimizer=self.optimizer,
+            trained=list(self.params), scheduler=self.scheduler, history=self.history)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore networks, params, optimizer, RNG and history from a checkpoint."""
-        restore_model_state(self.vae, state)
-        # the param store now holds new tensors for the restored pyro.params: re-collect
-        # them and rebuild the optimizer over them before loading its saved state
+        """Restore the model, params, optimizer, RNG and history from a checkpoint, in place."""
+        restore_model(self.vae, state, self.user_guide)
         self.params = self._discover_params()
         saved = state["optimizer"]
-        if saved["params"] != list(self.params):
+        if saved is None or saved["params"] != list(self.params):
             raise CheckpointError(
-                f"the checkpoint's optimizer trains {saved['params']}, this model "
-                f"{list(self.params)}: it was written for another configuration; use the same "
-                "options, or train afresh"
+                f"the checkpoint's optimizer trains {None if saved is None else saved['params']},"
+                f" this model {list(self.params)}: it was written for another configuration; "
+                "use the same options, or train afresh"
             )
         self.optimizer, self.scheduler = build_optimizer(self.config, self.params.values())
         self.optimizer.load_state_dict(saved["state"])
@@ -363,28 +408,3 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
         self.history = list(state["history"])
-
-
-def restore_model_state(vae: VAE, state: dict[str, Any]) -> None:
-    """Load a checkpoint's networks and ``pyro.param`` values into ``vae`` and the param store.
-
-    The param store is cleared first, so that ``pyro.module`` registers the loaded network
-    tensors themselves on the next call (a stale store entry would otherwise shadow them).
-    """
-    pyro.clear_param_store()
-    for name, module in vae.modules().items():
-        try:
-            module.load_state_dict(state["modules"][name])
-        except (KeyError, RuntimeError) as exc:
-            first = str(exc).splitlines()[0][:160]
-            raise CheckpointError(
-                f"the checkpoint's {name} does not fit this model ({first}); it was written for "
-                "another configuration: use the same options, or train afresh"
-            ) from None
-    if state["params"]:
-        known = {OBS_SCALE_PARAM: constraints.positive}
-        pyro.get_param_store().set_state({
-            # saved detached: make them leaves that the optimizer can train again
-            "params": {n: v.clone().requires_grad_(True) for n, v in state["params"].items()},
-            "constraints": {name: known.get(name, constraints.real) for name in state["params"]},
-        })

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_celeba_files
 from PIL import Image
 
 from pyro_vae import DataError, load_dataset
-from pyro_vae.data import load_celeba, load_file, load_torchvision_mnist
+from pyro_vae.data.datasets import load_celeba, load_file, load_torchvision_mnist
 from pyro_vae.errors import ConfigError
+from tests.common import make_celeba_files
 
 
 def test_generated_sets_have_the_documented_shapes_and_fixed_splits():
@@ -67,14 +67,14 @@ def test_torchvision_mnist_loaders_read_idx_files(tmp_path, name, folder):
 def test_fashion_mnist_is_unpacked_from_debian_gzip_files(tmp_path, monkeypatch):
     debian = tmp_path / "debian"
     make_mnist_files(debian, "x", gz=True)
-    monkeypatch.setattr("pyro_vae.data.DEBIAN_FASHION_MNIST", debian / "x" / "raw")
+    monkeypatch.setattr("pyro_vae.data.datasets.DEBIAN_FASHION_MNIST", debian / "x" / "raw")
     d = load_torchvision_mnist("fashion-mnist", tmp_path / "cache")
     assert d.x_train.shape == (20, 1, 28, 28)
     assert (tmp_path / "cache" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").exists()
 
 
 def test_missing_mnist_names_the_fix(tmp_path, monkeypatch):
-    monkeypatch.setattr("pyro_vae.data.DEBIAN_FASHION_MNIST", tmp_path / "none")
+    monkeypatch.setattr("pyro_vae.data.datasets.DEBIAN_FASHION_MNIST", tmp_path / "none")
     with pytest.raises(DataError, match="--data-root"):
         load_torchvision_mnist("mnist", tmp_path)
     with pytest.raises(DataError, match="dataset-fashion-mnist"):

@@ -1,0 +1,26 @@
+"""Inference: the ELBOs, the trainer, evaluation (ELBO, IWAE), the gradient estimators,
+variational EM and MCMC on the latent code — each taking any model / guide pair of the
+library's protocol (:mod:`pyro_vae.infer.trainer`)."""
+
+from pyro_vae.infer.annealing import KLSchedule
+from pyro_vae.infer.elbo import make_elbo
+from pyro_vae.infer.evaluation import (
+    Estimate,
+    elbo_terms,
+    evaluate_elbo,
+    iwae_log_likelihood,
+    log_importance_weights,
+)
+from pyro_vae.infer.trainer import ModelGuide, Trainer
+
+__all__ = [
+    "Estimate",
+    "KLSchedule",
+    "ModelGuide",
+    "Trainer",
+    "elbo_terms",
+    "evaluate_elbo",
+    "iwae_log_likelihood",
+    "log_importance_weights",
+    "make_elbo",
+]

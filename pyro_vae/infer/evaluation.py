@@ -1,0 +1,237 @@
+"""Test-set ELBO and importance-weighted log-likelihood, per data point, in nats, for any guide.
+
+Every function takes the model's owner ``vae`` (anything with a Pyro ``model(x, y, indices,
+beta)``, such as :class:`~pyro_vae.models.vae.VAE`) and an optional ``guide`` that follows the
+same protocol (default ``vae.guide``): its latent sample sites are those of the model, inside
+the ``"data"`` plate at dim -1. Log-densities are read off traces — the guide traced, the model
+replayed on it — as each site's *unscaled* ``fn.log_prob(value)``, so the plate's N/B scale and
+a KL weight β never enter a per-point number.
+
+ELBO per point (:func:`elbo_terms`)::
+
+    ELBO(x) = E_q[log p_θ(x | z)] - KL(q_φ(z | x) ‖ p(z))
+              └── "recon", S samples ┘ └── "kl": closed form when torch has it for the
+                                               site's pair of distributions, else the
+                                               S-sample average of log q(z) - log p(z) ┘
+
+IWAE estimate (:func:`iwae_log_likelihood`, Burda et al. 2016) with K samples z_k ~ q(z|x)::
+
+    log p(x) ≥ L_K(x) = log (1/K) Σ_k p_θ(x, z_k) / q_φ(z_k | x)
+
+``E[L_K]`` increases with K towards log p(x) (``L_1`` is the ELBO). The K samples are drawn in
+vectorized chunks (a particle plate at dim -2), with a running log-sum-exp, so memory is bounded
+by ``max_elements`` whatever K is; K = 5000 is the literature's protocol.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyro
+import torch
+from pyro import poutine
+from torch.distributions import kl_divergence
+
+from pyro_vae.data.datasets import DataSet, validate_arrays
+from pyro_vae.errors import ConfigError
+from pyro_vae.models.vae import VAE, evaluating
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Mean over data points and its standard error (std / sqrt(n))."""
+
+    mean: float
+    stderr: float
+    n: int
+
+    @classmethod
+    def of(cls, values: torch.Tensor) -> Estimate:
+        v = values.detach().double()
+        n = v.numel()
+        se = float(v.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+        return cls(float(v.mean()), se, n)
+
+    def __str__(self) -> str:
+        return f"{self.mean:.3f} ± {self.stderr:.3f}"
+
+    def to_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "stderr": self.stderr, "n": self.n}
+
+
+def _guide_of(vae: Any, guide: Callable[..., Any] | None) -> Callable[..., Any]:
+    return vae.guide if guide is None else guide
+
+
+def _owners(vae: Any, guide: Callable[..., Any] | None) -> tuple[Any, ...]:
+    """The modules whose train/eval mode evaluation sets: the model's, and the guide's (a
+    module, or a bound method of one)."""
+    owner = getattr(guide, "__self__", guide)
+    return (vae, owner) if owner is not vae else (vae,)
+
+
+def _site_log_probs(trace: poutine.Trace, observed: bool) -> dict[str, torch.Tensor]:
+    """Unscaled ``log_prob`` of each sample site (observed or latent ones), by name."""
+    return {name: site["fn"].log_prob(site["value"]) for name, site in trace.nodes.items()
+            if site["type"] == "sample" and site["is_observed"] == observed}
+
+
+def _traces(vae: Any, guide: Callable[..., Any], x: torch.Tensor, y: torch.Tensor | None
+            ) -> tuple[poutine.Trace, poutine.Trace]:
+    guide_tr = poutine.trace(guide).get_trace(x, y)
+    model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x, y)
+    return guide_tr, model_tr
+
+
+def _kl(guide_tr: poutine.Trace, model_tr: poutine.Trace, name: str) -> torch.Tensor | None:
+    """KL(q ‖ p) of latent site ``name`` in closed form, or ``None`` where torch has none."""
+    try:
+        return kl_divergence(guide_tr.nodes[name]["fn"], model_tr.nodes[name]["fn"])
+    except NotImplementedError:
+        return None
+
+
+def elbo_terms(
+    vae: Any, x: torch.Tensor, y: torch.Tensor | None = None, num_samples: int = 1,
+    guide: Callable[..., Any] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-point ``recon`` (MC over ``num_samples`` draws of z), ``kl`` and ``elbo``.
+
+    ``recon`` sums the observed sites of the model, ``kl`` the latent sites of the guide (closed
+    form per site where ``torch.distributions.kl_divergence`` has it, else Monte Carlo on the
+    same draws).
+    """
+    guide = _guide_of(vae, guide)
+    recon = torch.zeros(x.shape[0], device=x.device)
+    kl = torch.zeros(x.shape[0], device=x.device)
+    exact: dict[str, torch.Tensor] = {}
+    for i in range(num_samples):
+        guide_tr, model_tr = _traces(vae, guide, x, y)
+        recon = recon + sum(_site_log_probs(model_tr, observed=True).values()) / num_samples
+        for name, log_q in _site_log_probs(guide_tr, observed=False).items():
+            if i == 0 and (value := _kl(guide_tr, model_tr, name)) is not None:
+                exact[name] = value
+            if name not in exact:
+                log_p = model_tr.nodes[name]["fn"].log_prob(model_tr.nodes[name]["value"])
+                kl = kl + (log_q - log_p) / num_samples
+    kl = kl + sum(exact.values())
+    return {"elbo": recon - kl, "recon": recon, "kl": kl}
+
+
+def latent_means(vae: VAE, data: DataSet, max_points: int = 5000) -> torch.Tensor:
+    """Posterior means μ(x) of up to ``max_points`` test points, shape (n, L)."""
+    x = data.x_test[:max_points]
+    y = data.y_test[:max_points] if vae.conditional and data.y_test is not None else None
+    with evaluating(vae):
+        return torch.cat([vae.encode(x[i:i + 1000], None if y is None else y[i:i + 1000])[0]
+                          for i in range(0, x.shape[0], 1000)])
+
+
+def active_units(vae: VAE, data: DataSet, threshold: float = 0.01) -> int:
+    """Latent units in use (Burda et al. 2016): unit u is active when the variance over test
+    points of its posterior mean, ``Cov_x(E_q[z_u | x])``, exceeds ``threshold``."""
+    return int((latent_means(vae, data).var(0) > threshold).sum())
+
+
+def check_inputs(vae: Any, x: torch.Tensor, y: torch.Tensor | None = None,
+                 **counts: int) -> None:
+    """Raise :class:`DataError` / :class:`ConfigError` for data the evaluation cannot score:
+    empty, NaN/inf, wrong shape, outside the likelihood's support, labels that do not match, or
+    a count (samples, batch size) below 1. Shape and support are checked where the model says
+    what they are (``check_shape``, ``likelihood``)."""
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be an integer ≥ 1, got {value!r}")
+    validate_arrays(x, y, "the data to evaluate")
+    if hasattr(vae, "check_shape"):
+        vae.check_shape(x)
+    if hasattr(vae, "likelihood"):
+        vae.likelihood.check_support(x, "the data to evaluate")
+
+
+def _batched(
+    fn: Callable[..., dict[str, torch.Tensor]], x: torch.Tensor, y: torch.Tensor | None,
+    batch_size: int,
+) -> dict[str, torch.Tensor]:
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, x.shape[0], batch_size):
+        sl = slice(start, start + batch_size)
+        out = fn(x[sl], None if y is None else y[sl])
+        for k, v in out.items():
+            parts.setdefault(k, []).append(v.detach())
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def evaluate_elbo(
+    vae: Any, x: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 1000,
+    num_samples: int = 1, guide: Callable[..., Any] | None = None,
+) -> dict[str, Estimate]:
+    """Mean ELBO, reconstruction and KL per data point over ``x``, with standard errors, for
+    ``guide`` (default ``vae.guide``)."""
+    check_inputs(vae, x, y, batch_size=batch_size, num_samples=num_samples)
+    with evaluating(*_owners(vae, guide)):
+        terms = _batched(lambda xb, yb: elbo_terms(vae, xb, yb, num_samples, guide), x, y,
+                         batch_size)
+    return {k: Estimate.of(v) for k, v in terms.items()}
+
+
+def log_importance_weights(
+    vae: Any, x: torch.Tensor, y: torch.Tensor | None, num_particles: int,
+    guide: Callable[..., Any] | None = None,
+) -> torch.Tensor:
+    """log w_k = log p(x, z_k) - log q(z_k | x) for ``num_particles`` draws z_k ~ q per point,
+    shape ``(K, B)``: guide and model run once, vectorized over a particle plate at dim -2."""
+    guide = _guide_of(vae, guide)
+    with pyro.plate("iwae_particles", num_particles, dim=-2):
+        guide_tr, model_tr = _traces(vae, guide, x, y)
+    log_w = sum(_site_log_probs(model_tr, observed=True).values())
+    for name, log_q in _site_log_probs(guide_tr, observed=False).items():
+        log_p = model_tr.nodes[name]["fn"].log_prob(model_tr.nodes[name]["value"])
+        log_w = log_w + log_p - log_q
+    return log_w.expand(num_particles, x.shape[0])
+
+
+def iwae_log_likelihood(
+    vae: Any,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    num_samples: int = 5000,
+    batch_size: int = 100,
+    max_elements: int = 2**23,
+    progress: Callable[[int], None] | None = None,
+    guide: Callable[..., Any] | None = None,
+) -> torch.Tensor:
+    """The IWAE bound ``L_K(x)`` per data point (shape ``(N,)``), in nats, with ``guide``
+    (default ``vae.guide``) as the proposal.
+
+    :param num_samples: K, importance samples per data point.
+    :param batch_size: data points per chunk.
+    :param max_elements: bound on ``samples × points × data dims`` held at once; sets the
+        number of samples drawn per chunk.
+    :param progress: called with the number of data points finished after each chunk.
+    """
+    check_inputs(vae, x, y, num_samples=num_samples, batch_size=batch_size,
+                 max_elements=max_elements)
+    num_params = vae.likelihood.num_params if hasattr(vae, "likelihood") else 1
+    dims = math.prod(x.shape[1:]) * num_params
+    out = []
+    with evaluating(*_owners(vae, guide)):
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start:start + batch_size]
+            yb = None if y is None else y[start:start + batch_size]
+            k_chunk = max(1, min(num_samples, max_elements // (xb.shape[0] * dims)))
+            running = torch.full((xb.shape[0],), -math.inf, device=x.device,
+                                 dtype=torch.float64)
+            done = 0
+            while done < num_samples:
+                k = min(k_chunk, num_samples - done)
+                log_w = log_importance_weights(vae, xb, yb, k, guide)
+                running = torch.logaddexp(running, torch.logsumexp(log_w.double(), dim=0))
+                done += k
+            out.append((running - math.log(num_samples)).float())
+            if progress is not None:
+                progress(xb.shape[0])
+    return torch.cat(out)

@@ -1,0 +1,7 @@
+"""Generative models with their amortized guides: the VAE (plain or conditional), built by hand
+or from a configuration, and the closed-form probabilistic PCA it is checked against."""
+
+from pyro_vae.models.builder import build_vae
+from pyro_vae.models.vae import VAE, KLWeight, evaluating, kl_scale
+
+__all__ = ["VAE", "KLWeight", "build_vae", "evaluating", "kl_scale"]

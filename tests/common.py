@@ -1,0 +1,90 @@
+"""Helpers shared by the tests: small models, batches, a user-written guide, data files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from PIL import Image
+from torch import nn
+
+from pyro_vae import VAE, MLPDecoder, MLPEncoder, make_likelihood
+from pyro_vae.models import kl_scale
+from pyro_vae.sites import LATENT_SITE
+
+
+def small_vae(
+    event_shape=(6,), latent_dim=2, likelihood="gaussian", num_data=None, num_classes=None,
+    hidden=(16,), obs_scale=None,
+) -> VAE:
+    lik = make_likelihood(likelihood, obs_scale)
+    cond = num_classes or 0
+    enc = MLPEncoder(event_shape, latent_dim, hidden, cond_dim=cond)
+    dec = MLPDecoder(event_shape, latent_dim, hidden, num_params=lik.num_params, cond_dim=cond)
+    return VAE(enc, dec, lik, latent_dim, event_shape, num_data=num_data, num_classes=num_classes)
+
+
+def make_batch(n=8, event_shape=(6,), binary=False) -> torch.Tensor:
+    x = torch.rand(n, *event_shape)
+    return torch.bernoulli(x) if binary else x
+
+
+class FullCovarianceGuide(nn.Module):
+    """A user's guide as a Pyro user writes one: q(z|x) = N(μ(x), L(x) L(x)ᵀ), a full
+    covariance through a Cholesky factor from its own network, registered by plain
+    ``pyro.module``, inside the VAE's ``"data"`` plate and with the KL weight on ``"z"``."""
+
+    def __init__(self, vae: VAE, hidden: int = 16) -> None:
+        super().__init__()
+        self.vae = [vae]  # not a submodule: the guide owns only its own network
+        d, latent = int(np.prod(vae.event_shape)), vae.latent_dim
+        self.latent = latent
+        self.body = nn.Sequential(nn.Linear(d, hidden), nn.Tanh())
+        self.loc = nn.Linear(hidden, latent)
+        self.tril = nn.Linear(hidden, latent * latent)
+
+    def guide(self, x, y=None, indices=None, beta=1.0, num_points=None):
+        vae = self.vae[0]
+        pyro.module("full_guide", self)
+        with vae.data_plate(x.shape[0], indices):
+            h = self.body(x.reshape(x.shape[0], -1))
+            raw = self.tril(h).reshape(-1, self.latent, self.latent)
+            diag = nn.functional.softplus(torch.diagonal(raw, dim1=-2, dim2=-1)) + 1e-3
+            scale_tril = torch.tril(raw, -1) + torch.diag_embed(diag)
+            with kl_scale(beta):
+                return pyro.sample(LATENT_SITE,
+                                   dist.MultivariateNormal(self.loc(h), scale_tril=scale_tril))
+
+
+def make_celeba_files(root: Path, n: int = 6) -> None:
+    """A CelebA folder as torchvision reads it: n random 218×178 JPEGs and the annotation
+    files (partition: 3 train, 1 valid, 2 test)."""
+    base = root / "celeba"
+    (base / "img_align_celeba").mkdir(parents=True)
+    names = [f"{i:06d}.jpg" for i in range(1, n + 1)]
+    rng = np.random.default_rng(0)
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)).save(
+            base / "img_align_celeba" / name)
+    parts = [0, 0, 0, 1, 2, 2]
+    (base / "list_eval_partition.txt").write_text(
+        "".join(f"{nm} {p}\n" for nm, p in zip(names, parts, strict=True)))
+    (base / "identity_CelebA.txt").write_text("".join(f"{nm} 1\n" for nm in names))
+    (base / "list_attr_celeba.txt").write_text(
+        f"{n}\nSmiling Young\n" + "".join(f"{nm} 1 -1\n" for nm in names))
+    (base / "list_bbox_celeba.txt").write_text(
+        f"{n}\nimage_id x_1 y_1 width height\n" + "".join(f"{nm} 1 2 3 4\n" for nm in names))
+    (base / "list_landmarks_align_celeba.txt").write_text(
+        f"{n}\nlefteye_x lefteye_y\n" + "".join(f"{nm} 1 2\n" for nm in names))
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def changed(before: dict[str, torch.Tensor], module: nn.Module) -> list[str]:
+    """Names of ``module``'s parameters that differ from ``before``."""
+    return [k for k, v in module.named_parameters() if not torch.equal(before[k], v.detach())]
