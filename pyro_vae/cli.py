@@ -16,7 +16,6 @@ from pathlib import Path
 from pyro_vae.config import (
     ARCHS,
     BINARIZE,
-    ELBOS,
     KL_SCHEDULES,
     LR_SCHEDULES,
     OPTIMIZERS,
@@ -27,7 +26,11 @@ from pyro_vae.config import (
 from pyro_vae.data.datasets import DATASETS
 from pyro_vae.distributions.likelihoods import LIKELIHOODS
 from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.infer.elbo import ELBOS
 from pyro_vae.nn.networks import ACTIVATIONS
+
+#: The source of every option's default: the CLI states none of its own.
+_DEFAULT = Config()
 
 
 def _float(text: str) -> float:
@@ -54,8 +57,8 @@ def _count(text: str) -> int:
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", default="digits", choices=DATASETS,
-                   help="data set (default: digits, scikit-learn's 8x8 digits, embedded)")
+    d.add_argument("--dataset", default=_DEFAULT.dataset, choices=DATASETS,
+                   help="data set (default %(default)s: scikit-learn's 8x8 digits, embedded)")
     d.add_argument("--data", help="path of a .npy/.npz/.csv file or image folder "
                    "(with --dataset file)")
     d.add_argument("--data-root", help="folder holding torchvision data sets (default: "
@@ -63,12 +66,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    "automatically)")
     d.add_argument("--download", action="store_true",
                    help="let torchvision download missing data (needs internet)")
-    d.add_argument("--split-seed", type=_int, default=0,
-                   help="seed of the train/test split and of generated data (default 0)")
-    d.add_argument("--test-fraction", type=_float, default=0.2,
-                   help="test share for data sets without an official split (default 0.2)")
-    d.add_argument("--image-size", type=_int, default=64,
-                   help="side of CelebA / image-folder images after resizing (default 64)")
+    d.add_argument("--split-seed", type=_int, default=_DEFAULT.split_seed,
+                   help="seed of the train/test split and of generated data (default %(default)s)")
+    d.add_argument("--test-fraction", type=_float, default=_DEFAULT.test_fraction,
+                   help="test share for data sets without an official split (default %(default)s)")
+    d.add_argument("--image-size", type=_int, default=_DEFAULT.image_size,
+                   help="side of CelebA / image-folder images after resizing (default %(default)s)")
     d.add_argument("--label-column", help="CSV column (name or 0-based index) holding labels")
     d.add_argument("--max-train", type=_int, help="use only the first N training points")
     d.add_argument("--max-test", type=_int, help="use only the first N test points")
@@ -82,8 +85,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--hidden", type=parse_hidden,
                    help="comma-separated hidden layer sizes of the encoder; the decoder "
                    "mirrors them (e.g. 400 or 512,256)")
-    m.add_argument("--activation", default="relu", choices=tuple(ACTIVATIONS),
-                   help="hidden activation of the MLPs (default relu)")
+    m.add_argument("--activation", default=_DEFAULT.activation, choices=tuple(ACTIVATIONS),
+                   help="hidden activation of the MLPs (default %(default)s)")
     m.add_argument("--latent-dim", type=_int, help="dimension L of z")
     m.add_argument("--likelihood", choices=LIKELIHOODS, help="observation model p(x|z)")
     m.add_argument("--obs-scale", type=_float,
@@ -95,50 +98,54 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="conditional VAE: encoder and decoder also see the label y")
 
     i = p.add_argument_group("inference")
-    i.add_argument("--elbo", default="trace", choices=ELBOS,
+    i.add_argument("--elbo", default=_DEFAULT.elbo, choices=ELBOS,
                    help="trace: Trace_ELBO (Monte Carlo KL); meanfield: TraceMeanField_ELBO "
-                   "(analytic KL) (default trace)")
+                   "(analytic KL) (default %(default)s)")
     i.add_argument("--jit", action=argparse.BooleanOptionalAction, default=None,
                    help="JIT-compile the ELBO, or --no-jit for Pyro's eager ELBO (default: "
                         "the faster one measured in BENCHMARKS.md: JIT, except eager for conv "
                         "nets that may meet 64x64 images, which have batch norm)")
-    i.add_argument("--num-particles", type=_int, default=1,
-                   help="samples of z per data point per step, vectorized (default 1)")
-    i.add_argument("--optimizer", default="adam", choices=OPTIMIZERS,
-                   help="pyro.optim Adam or ClippedAdam (default adam)")
+    i.add_argument("--num-particles", type=_int, default=_DEFAULT.num_particles,
+                   help="samples of z per data point per step, vectorized (default %(default)s)")
+    i.add_argument("--optimizer", default=_DEFAULT.optimizer, choices=OPTIMIZERS,
+                   help="pyro.optim Adam or ClippedAdam (default %(default)s)")
     i.add_argument("--lr", type=_float, help="learning rate")
-    i.add_argument("--clip-norm", type=_float, default=10.0,
-                   help="gradient norm clip of clipped-adam (default 10)")
-    i.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,
-                   help="per-epoch learning-rate schedule (default constant)")
-    i.add_argument("--lr-decay", type=_float, default=0.99,
-                   help="factor per epoch of --lr-schedule exponential (default 0.99)")
-    i.add_argument("--beta", type=_float, default=1.0,
-                   help="KL weight β (> 0) applied with poutine.scale on site z (default 1)")
-    i.add_argument("--kl-schedule", default="constant", choices=KL_SCHEDULES,
-                   help="β schedule: constant, linear warm-up, or cyclical (default constant)")
-    i.add_argument("--warmup-epochs", type=_int, default=10,
-                   help="epochs of the linear β warm-up (default 10)")
-    i.add_argument("--cycles", type=_int, default=4, help="cycles of the cyclical schedule")
-    i.add_argument("--cycle-ramp", type=_float, default=0.5,
-                   help="share of each cycle during which β rises (default 0.5)")
+    i.add_argument("--clip-norm", type=_float, default=_DEFAULT.clip_norm,
+                   help="gradient norm clip of clipped-adam (default %(default)s)")
+    i.add_argument("--lr-schedule", default=_DEFAULT.lr_schedule, choices=LR_SCHEDULES,
+                   help="per-epoch learning-rate schedule (default %(default)s)")
+    i.add_argument("--lr-decay", type=_float, default=_DEFAULT.lr_decay,
+                   help="factor per epoch of --lr-schedule exponential (default %(default)s)")
+    i.add_argument("--beta", type=_float, default=_DEFAULT.beta,
+                   help="KL weight β ≥ 0 on site z, in model and guide (default %(default)s; 0 "
+                   "drops the KL term)")
+    i.add_argument("--kl-schedule", default=_DEFAULT.kl_schedule, choices=KL_SCHEDULES,
+                   help="β schedule: constant, linear warm-up, or cyclical (default %(default)s)")
+    i.add_argument("--warmup-epochs", type=_int, default=_DEFAULT.warmup_epochs,
+                   help="epochs of the linear β warm-up (default %(default)s)")
+    i.add_argument("--cycles", type=_int, default=_DEFAULT.cycles,
+                   help="cycles of the cyclical schedule")
+    i.add_argument("--cycle-ramp", type=_float, default=_DEFAULT.cycle_ramp,
+                   help="share of each cycle during which β rises (default %(default)s)")
 
     r = p.add_argument_group("run")
     r.add_argument("--epochs", type=_int, help="number of passes over the training data")
     r.add_argument("--batch-size", type=_int, help="mini-batch size")
-    r.add_argument("--seed", type=_int, default=0, help="random seed of the run (default 0)")
-    r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    r.add_argument("--strategy", default="single", choices=STRATEGIES,
+    r.add_argument("--seed", type=_int, default=_DEFAULT.seed,
+                   help="random seed of the run (default %(default)s)")
+    r.add_argument("--device", default=_DEFAULT.device,
+                   help="cpu, cuda, cuda:N or auto (default %(default)s)")
+    r.add_argument("--strategy", default=_DEFAULT.strategy, choices=STRATEGIES,
                    help="single: the library's trainer (default); ddp: PyTorch Lightning "
                         "data-parallel training (needs pyro-vae[lightning])")
-    r.add_argument("--devices", type=_int, default=1,
+    r.add_argument("--devices", type=_int, default=_DEFAULT.devices,
                    help="workers per node for --strategy ddp: CPU processes or GPUs")
-    r.add_argument("--num-nodes", type=_int, default=1,
+    r.add_argument("--num-nodes", type=_int, default=_DEFAULT.num_nodes,
                    help="machines for --strategy ddp (launch one command per node)")
-    r.add_argument("--eval-samples", type=_int, default=1,
-                   help="samples of z for the per-epoch test ELBO (default 1)")
-    r.add_argument("--checkpoint-every", type=_int, default=1,
-                   help="write the checkpoint every N epochs (default 1)")
+    r.add_argument("--eval-samples", type=_int, default=_DEFAULT.eval_samples,
+                   help="samples of z for the per-epoch test ELBO (default %(default)s)")
+    r.add_argument("--checkpoint-every", type=_int, default=_DEFAULT.checkpoint_every,
+                   help="write the checkpoint every N epochs (default %(default)s)")
     r.add_argument("--skip-nonfinite", action="store_true",
                    help="skip steps whose loss or gradient is NaN/inf instead of stopping")
     r.add_argument("--out", help="run folder (default runs/DATASET, or runs/DATASET-N if taken)")
@@ -402,9 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "default 1000)")
     p.add_argument("--elbo-samples", type=_count, default=10,
                    help="samples of z for the test ELBO's reconstruction term (default 10)")
-    p.add_argument("--batch-size", type=_count, default=100, help="data points per chunk")
+    p.add_argument("--batch-size", type=_count, default=100,
+                   help="data points per chunk (default %(default)s)")
     p.add_argument("--max-points", type=_count, help="evaluate the first N test points only")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--device", default=_DEFAULT.device, help="cpu, cuda, cuda:N or auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_evaluate)
 
@@ -414,9 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder (or its checkpoint.pt)")
     p.add_argument("--num", type=_count, default=64, help="number of samples (default 64)")
     p.add_argument("--label", type=_int, help="class to generate (conditional models)")
-    p.add_argument("--seed", type=_int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_int, default=_DEFAULT.seed,
+                   help="random seed (default %(default)s)")
     p.add_argument("--out", help="output file: .png or .npy (default RUN/figures/samples_cli.png)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--device", default=_DEFAULT.device, help="cpu, cuda, cuda:N or auto")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("variance", help="measure gradient-estimator variance",
@@ -432,15 +441,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=_csv(int), default=(1, 4, 16),
                    help="samples S of z per estimate, comma-separated (default 1,4,16)")
     p.add_argument("--repeats", type=_count, default=100, help="estimates R per setting (100)")
-    p.add_argument("--batch-size", type=_count, default=64, help="data points in the batch (64)")
+    p.add_argument("--batch-size", type=_count, default=64,
+                   help="data points in the batch (default %(default)s)")
     p.add_argument("--implementation", choices=("explicit", "pyro"), default="explicit",
                    help="the explicit torch surrogates or Pyro's ELBOs (default explicit)")
     p.add_argument("--warmup", type=_int, default=500,
                    help="updates of the learned baseline before measuring (default 500; the "
                    "decaying average takes min(N, 100))")
-    p.add_argument("--seed", type=_int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_int, default=_DEFAULT.seed,
+                   help="random seed (default %(default)s)")
     p.add_argument("--out", help="output folder (default RUN/variance)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--device", default=_DEFAULT.device, help="cpu, cuda, cuda:N or auto")
     p.set_defaults(func=cmd_variance)
 
     p = sub.add_parser("gap", help="approximation and amortization gaps of a trained VAE",
@@ -455,9 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps of the semi-amortized curve (default 50)")
     p.add_argument("--max-steps", type=_count, default=1000,
                    help="most optimization steps of the per-point fits (default 1000)")
-    p.add_argument("--seed", type=_int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_int, default=_DEFAULT.seed,
+                   help="random seed (default %(default)s)")
     p.add_argument("--out", help="output folder (default RUN/gap)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--device", default=_DEFAULT.device, help="cpu, cuda, cuda:N or auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_gap)
 
@@ -465,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Draw every figure of a run folder from its checkpoint.")
     p.add_argument("run", help="run folder (or its checkpoint.pt)")
     p.add_argument("--out", help="figure folder (default RUN/figures)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--device", default=_DEFAULT.device, help="cpu, cuda, cuda:N or auto")
     p.set_defaults(func=cmd_plot)
     return parser
 

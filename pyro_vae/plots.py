@@ -162,11 +162,12 @@ def plot_interpolation(vae: VAE, data: DataSet, out: Path, steps: int = 10) -> l
 
     xa, xb = data.x_test[:1], data.x_test[1:2]
     ya = yb = None
-    if data.y_test is not None and len(data.y_test) > 1:  # two points of different classes
+    if data.y_test is not None:
+        ya, yb = data.y_test[:1], data.y_test[1:2]
         diff = (data.y_test != data.y_test[0]).nonzero()
-        if len(diff):
+        if len(diff):  # two points of different classes where the test set has them
             xb = data.x_test[int(diff[0]) : int(diff[0]) + 1]
-            ya, yb = data.y_test[:1], data.y_test[int(diff[0]) : int(diff[0]) + 1]
+            yb = data.y_test[int(diff[0]) : int(diff[0]) + 1]
     with evaluating(vae):
         za = vae.encode(xa, _labels(vae, ya))[0]
         zb = vae.encode(xb, _labels(vae, yb))[0]

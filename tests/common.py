@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+import pyro_vae
 from pyro_vae import VAE, MLPDecoder, MLPEncoder, make_likelihood
 from pyro_vae.models import kl_scale
 from pyro_vae.sites import LATENT_SITE
@@ -88,3 +89,53 @@ def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
 def changed(before: dict[str, torch.Tensor], module: nn.Module) -> list[str]:
     """Names of ``module``'s parameters that differ from ``before``."""
     return [k for k, v in module.named_parameters() if not torch.equal(before[k], v.detach())]
+
+
+class LinearGaussianEncoder(nn.Module):
+    """q(z|x) = N(A (x - b), diag s²), a linear encoder with a free diagonal scale."""
+
+    def __init__(self, d: int, q: int):
+        super().__init__()
+        self.A = nn.Parameter(torch.zeros(q, d))
+        self.b = nn.Parameter(torch.zeros(d))
+        self.log_s = nn.Parameter(torch.zeros(q))
+
+    def forward(self, x):
+        return (x - self.b) @ self.A.T, self.log_s.exp().expand(x.shape[0], -1)
+
+
+def ppca_vae(d=5, q=2, sigma=0.5, seed=0):
+    """A linear-Gaussian (pPCA) VAE whose W has orthogonal columns: its exact posterior is
+    diagonal, so the encoder below *is* the exact posterior and the ELBO equals log p(x)."""
+    gen = torch.Generator().manual_seed(seed)
+    W = torch.linalg.qr(torch.randn(d, q, generator=gen))[0] * torch.tensor([2.0, 0.7])
+    b = torch.randn(d, generator=gen)
+    decoder = nn.Linear(q, d)
+    decoder.weight.data, decoder.bias.data = W.clone(), b.clone()
+    M = W.T @ W + sigma**2 * torch.eye(q)  # diagonal because W's columns are orthogonal
+    enc = LinearGaussianEncoder(d, q)
+    enc.A.data = torch.linalg.solve(M, W.T)
+    enc.b.data = b.clone()
+    enc.log_s.data = 0.5 * torch.log(sigma**2 / torch.diagonal(M))
+    vae = VAE(enc, decoder, make_likelihood("gaussian", obs_scale=sigma), q, (d,))
+    marginal = torch.distributions.MultivariateNormal(b, W @ W.T + sigma**2 * torch.eye(d))
+    return vae, marginal
+
+
+def linear_gaussian_vae(num_data=None):
+    """x = W z + b + σ ε with z ~ N(0, I): a linear decoder and a Gaussian likelihood, whose
+    posterior p(z | x) is Gaussian in closed form."""
+    torch.manual_seed(1)
+    enc = MLPEncoder((3,), 2, ())
+    dec = MLPDecoder((3,), 2, (), num_params=1)
+    return pyro_vae.VAE(enc, dec, pyro_vae.make_likelihood("gaussian", 0.5), 2, (3,),
+                        num_data=num_data)
+
+
+def exact_posterior(vae, x):
+    """Mean and covariance of p(z | x) for :func:`linear_gaussian_vae`."""
+    lin = vae.decoder.net[0]
+    w, b, s2 = lin.weight.detach(), lin.bias.detach(), 0.25
+    precision = torch.eye(2) + w.T @ w / s2
+    cov = torch.linalg.inv(precision)
+    return (cov @ w.T @ (x - b).T / s2).T, cov

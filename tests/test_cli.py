@@ -95,7 +95,7 @@ def _bad(tmp_path):
          r"in \[0, 1\]"),
         (["train", *f, str(empty)], "empty"),
         (["train", *f, str(tmp_path / "missing.npy")], "does not exist"),
-        (["train", "--beta", "0"], "--beta must be a positive"),
+        (["train", "--beta", "-1"], "--beta must be a finite number ≥ 0"),
         (["train", "--latent-dim", "0"], "--latent-dim must be an integer ≥ 1"),
         (["train", "--batch-size", "100000"], "exceeds"),
         (["train", "--obs-scale", "-1", "--likelihood", "gaussian", "--dataset", "moons"],

@@ -66,6 +66,6 @@ def test_train_with_figures_for_every_data_kind(tmp_path, kind, conditional):
 
 def test_conditional_moons_from_the_command_line_exits_zero(tmp_path):
     code = cli_main(["train", "--dataset", "moons", "--conditional", "--epochs", "1",
-                     "--max-train", "64", "--max-test", "32", "--batch-size", "32", "--out", str(tmp_path / "m"),
-                     "--no-progress"])
+                     "--max-train", "64", "--max-test", "32", "--batch-size", "32",
+                     "--out", str(tmp_path / "m"), "--no-progress"])
     assert code == 0 and (tmp_path / "m" / "figures" / "overview.png").exists()

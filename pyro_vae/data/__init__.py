@@ -12,6 +12,7 @@ from pyro_vae.data.preparation import (
     TRAIN_EVAL_POINTS,
     binarize,
     prepare_data,
+    preprocess_data,
     train_eval_subset,
 )
 
@@ -23,6 +24,7 @@ __all__ = [
     "circle_log_density",
     "load_dataset",
     "prepare_data",
+    "preprocess_data",
     "train_eval_subset",
     "validate_arrays",
 ]

@@ -60,6 +60,13 @@ def prepare_data(config: Config) -> DataSet:
         test_fraction=config.test_fraction, image_size=config.image_size,
         label_column=config.label_column, max_train=config.max_train, max_test=config.max_test,
     )
+    return preprocess_data(data, config)
+
+
+def preprocess_data(data: DataSet, config: Config) -> DataSet:
+    """Binarize ``data`` as ``config`` asks and check it against the likelihood (the second half
+    of :func:`prepare_data`, for data loaded by other means). Idempotent: prepared data passes
+    through unchanged, so the trainer applies it to whatever it is given."""
     likelihood = make_likelihood(config.likelihood, config.obs_scale, config.allow_greyscale)
     if config.binarize != "none":  # binarizing needs pixel intensities in [0, 1]
         unit = Likelihood(likelihood.name, 1, "unit")

@@ -34,6 +34,7 @@ protocol of Burda et al. 2016, or ``"threshold"``) or the user opts in with
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyro
@@ -177,21 +178,38 @@ class LocationScaleLikelihood(Likelihood):
         return loc
 
 
-LIKELIHOODS = (
-    "bernoulli",
-    "continuous-bernoulli",
-    "gaussian",
-    "gaussian-learned",
-    "gaussian-predicted",
-    "laplace",
-    "laplace-learned",
-)
+def _location_scale(name: str, num_params: int, mode: str, default_scale: float | None):
+    family = name.split("-")[0]
+
+    def build(obs_scale: float | None, allow_greyscale: bool) -> Likelihood:
+        scale = obs_scale or default_scale or 1.0
+        return LocationScaleLikelihood(name, num_params, "real", family=family, scale_mode=mode,
+                                       obs_scale=scale)
+
+    return build
+
+
+#: name → factory ``(obs_scale, allow_greyscale) -> Likelihood``: the registry that
+#: :func:`make_likelihood`, the configuration and ``--likelihood`` read. The default scale is
+#: 1.0 for a fixed σ (or b), 0.1 as the start of a learned one.
+LIKELIHOOD_REGISTRY: dict[str, Callable[[float | None, bool], Likelihood]] = {
+    "bernoulli": lambda s, grey: BernoulliLikelihood("bernoulli", 1, "binary",
+                                                     allow_greyscale=grey),
+    "continuous-bernoulli": lambda s, grey: ContinuousBernoulliLikelihood(
+        "continuous-bernoulli", 1, "unit"),
+    "gaussian": _location_scale("gaussian", 1, "fixed", 1.0),
+    "gaussian-learned": _location_scale("gaussian-learned", 1, "learned", 0.1),
+    "gaussian-predicted": _location_scale("gaussian-predicted", 2, "predicted", None),
+    "laplace": _location_scale("laplace", 1, "fixed", 1.0),
+    "laplace-learned": _location_scale("laplace-learned", 1, "learned", 0.1),
+}
+LIKELIHOODS = tuple(LIKELIHOOD_REGISTRY)
 
 
 def make_likelihood(
     name: str, obs_scale: float | None = None, allow_greyscale: bool = False
 ) -> Likelihood:
-    """Build a likelihood by its registered name.
+    """Build a likelihood by its registered name (:data:`LIKELIHOOD_REGISTRY`).
 
     :param obs_scale: σ (Gaussian) or b (Laplace): the fixed value, or the learned one's start
         (default 1.0 for fixed scales, 0.1 as the start of a learned one). Ignored otherwise.
@@ -201,21 +219,10 @@ def make_likelihood(
             f"--obs-scale must be a positive finite number, got {obs_scale}; "
             "it is the fixed σ of a Gaussian (or b of a Laplace) likelihood, e.g. 0.1"
         )
-    if name == "bernoulli":
-        return BernoulliLikelihood(name, 1, "binary", allow_greyscale=allow_greyscale)
-    if name == "continuous-bernoulli":
-        return ContinuousBernoulliLikelihood(name, 1, "unit")
-    if name in ("gaussian", "laplace"):
-        return LocationScaleLikelihood(
-            name, 1, "real", family=name, scale_mode="fixed", obs_scale=obs_scale or 1.0
-        )
-    if name in ("gaussian-learned", "laplace-learned"):
-        family = name.split("-")[0]
-        return LocationScaleLikelihood(
-            name, 1, "real", family=family, scale_mode="learned", obs_scale=obs_scale or 0.1
-        )
-    if name == "gaussian-predicted":
-        return LocationScaleLikelihood(name, 2, "real", family="gaussian", scale_mode="predicted")
-    raise ConfigError(
-        f"unknown likelihood {name!r}; choose one of: {', '.join(LIKELIHOODS)}"
-    )
+    try:
+        factory = LIKELIHOOD_REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ConfigError(
+            f"unknown likelihood {name!r}; choose one of: {', '.join(LIKELIHOODS)}"
+        ) from None
+    return factory(obs_scale, allow_greyscale)

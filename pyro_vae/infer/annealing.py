@@ -1,9 +1,9 @@
 """KL-weight schedules β(t) for β-VAEs and KL annealing.
 
 The trainer evaluates the schedule at every optimization step t (0-based) and passes β to the
-model and guide, which apply it with ``poutine.scale`` at site ``"z"``: the objective becomes
-``E_q[log p(x|z)] - β(t) KL(q ‖ p)``. β never reaches exactly 0 (``poutine.scale`` needs a
-positive factor): the ramps start at β_max / ramp_steps.
+model and guide, which weight site ``"z"`` by it (:func:`pyro_vae.models.kl_scale`): the
+objective becomes ``E_q[log p(x|z)] - β(t) KL(q ‖ p)``. The ramps start at β_max / ramp_steps,
+as in Bowman et al. (2016); β = 0 itself is allowed (``--beta 0``) and drops the KL term.
 
 * ``constant``: β(t) = β_max.
 * ``linear`` (warm-up, Bowman et al. 2016): β(t) = β_max · min(1, (t + 1) / T_warm).

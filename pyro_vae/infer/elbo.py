@@ -127,15 +127,22 @@ def particle_options(num_particles: int) -> dict:
                 max_plate_nesting=1)
 
 
+#: name → (eager class, JIT class): the ELBOs :func:`make_elbo` and ``--elbo`` offer.
+ELBO_REGISTRY: dict[str, tuple[type[ELBO], type[ELBO]]] = {
+    "trace": (Trace_ELBO, FastJitTrace_ELBO),
+    "meanfield": (TraceMeanField_ELBO, FastJitTraceMeanField_ELBO),
+}
+ELBOS = tuple(ELBO_REGISTRY)
+
+
 def make_elbo(kind: str = "trace", num_particles: int = 1, jit: bool = False) -> ELBO:
-    """Build the ELBO named ``kind`` (``"trace"`` or ``"meanfield"``)."""
+    """Build the ELBO named ``kind`` (:data:`ELBO_REGISTRY`), JIT-compiled or not."""
+    try:
+        eager, compiled = ELBO_REGISTRY[kind]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown --elbo {kind!r}; choose one of: {', '.join(ELBOS)}"
+                          ) from None
     kwargs = particle_options(num_particles)
-    if kind == "trace":
-        cls = FastJitTrace_ELBO if jit else Trace_ELBO
-    elif kind == "meanfield":
-        cls = FastJitTraceMeanField_ELBO if jit else TraceMeanField_ELBO
-    else:
-        raise ConfigError(f"unknown --elbo {kind!r}; choose trace or meanfield")
     if jit:
         kwargs["ignore_jit_warnings"] = True
-    return cls(**kwargs)
+    return (compiled if jit else eager)(**kwargs)

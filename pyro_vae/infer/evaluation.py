@@ -96,28 +96,37 @@ def _kl(guide_tr: poutine.Trace, model_tr: poutine.Trace, name: str) -> torch.Te
 
 def elbo_terms(
     vae: Any, x: torch.Tensor, y: torch.Tensor | None = None, num_samples: int = 1,
-    guide: Callable[..., Any] | None = None,
+    guide: Callable[..., Any] | None = None, max_elements: int = 2**23,
 ) -> dict[str, torch.Tensor]:
     """Per-point ``recon`` (MC over ``num_samples`` draws of z), ``kl`` and ``elbo``.
 
     ``recon`` sums the observed sites of the model, ``kl`` the latent sites of the guide (closed
     form per site where ``torch.distributions.kl_divergence`` has it, else Monte Carlo on the
-    same draws).
+    same draws). The draws are vectorized over a particle plate at dim -2, in chunks of at most
+    ``max_elements`` / (points × data dims) particles.
     """
     guide = _guide_of(vae, guide)
+    dims = math.prod(x.shape[1:])
+    chunk = max(1, min(num_samples, max_elements // max(1, x.shape[0] * dims)))
     recon = torch.zeros(x.shape[0], device=x.device)
-    kl = torch.zeros(x.shape[0], device=x.device)
+    kl_mc = torch.zeros(x.shape[0], device=x.device)
     exact: dict[str, torch.Tensor] = {}
-    for i in range(num_samples):
-        guide_tr, model_tr = _traces(vae, guide, x, y)
-        recon = recon + sum(_site_log_probs(model_tr, observed=True).values()) / num_samples
+    done = 0
+    while done < num_samples:
+        k = min(chunk, num_samples - done)
+        with pyro.plate("elbo_particles", k, dim=-2):
+            guide_tr, model_tr = _traces(vae, guide, x, y)
+        shape = (k, x.shape[0])
+        recon = recon + sum(_site_log_probs(model_tr, observed=True).values()
+                            ).expand(shape).sum(0) / num_samples
         for name, log_q in _site_log_probs(guide_tr, observed=False).items():
-            if i == 0 and (value := _kl(guide_tr, model_tr, name)) is not None:
-                exact[name] = value
+            if done == 0 and (value := _kl(guide_tr, model_tr, name)) is not None:
+                exact[name] = value.expand(shape)[0]
             if name not in exact:
                 log_p = model_tr.nodes[name]["fn"].log_prob(model_tr.nodes[name]["value"])
-                kl = kl + (log_q - log_p) / num_samples
-    kl = kl + sum(exact.values())
+                kl_mc = kl_mc + (log_q - log_p).expand(shape).sum(0) / num_samples
+        done += k
+    kl = kl_mc + sum(exact.values())
     return {"elbo": recon - kl, "recon": recon, "kl": kl}
 
 

@@ -46,7 +46,8 @@ from pyro_vae.checkpoint import (
 )
 from pyro_vae.config import Config
 from pyro_vae.data.datasets import DataSet
-from pyro_vae.data.preparation import binarize, train_eval_subset
+from pyro_vae.data.preparation import binarize, preprocess_data, train_eval_subset
+from pyro_vae.distributions.likelihoods import LIKELIHOODS
 from pyro_vae.errors import CheckpointError, ConfigError, TrainingDivergedError
 from pyro_vae.infer.annealing import KLSchedule
 from pyro_vae.infer.elbo import make_elbo
@@ -152,9 +153,13 @@ class Trainer:
     :param data: the :class:`~pyro_vae.data.DataSet` (already prepared:
         :func:`~pyro_vae.data.prepare_data`).
     :param config: the training options (``lr``, ``batch_size``, ``epochs``, ``elbo``,
-        ``num_particles``, KL schedule, ``binarize``, ...); default ``Config()`` resolved for the
-        data set. Its model options are not used: the model is the one given. JIT is off for a
-        hand-built model unless ``config.jit`` is ``True``.
+        ``num_particles``, KL schedule, ``binarize``, ...); options left unset take the defaults
+        of ``config.dataset`` (default ``Config(dataset="file")``). Its model options are not
+        used: the model is the one given, and a VAE's likelihood replaces ``config.likelihood``
+        (so binarization follows the model). JIT is off for a model that is not a
+        :class:`~pyro_vae.models.vae.VAE` unless ``config.jit`` is ``True``. The data goes
+        through :func:`~pyro_vae.data.preprocess_data` (binarization of the test set, support
+        checks), which leaves prepared data unchanged.
     :param guide: a guide to train instead of ``vae.guide`` (same protocol).
     :param device: where the data and the model go.
 
@@ -180,9 +185,12 @@ class Trainer:
         given = config if config is not None else Config(dataset="file")
         if given.jit is None and not isinstance(vae, VAE):
             given = given.replace(jit=False)
+        if isinstance(vae, VAE) and vae.likelihood.name in LIKELIHOODS:
+            # the model's own likelihood decides binarization and the data checks
+            given = given.replace(likelihood=vae.likelihood.name)
         self.config = config = given.resolved()
         self.device = torch.device(device)
-        self.data = data.to(self.device)
+        self.data = preprocess_data(data, config).to(self.device)
         n = data.x_train.shape[0]
         if isinstance(vae, VAE):
             if vae.num_data is None:

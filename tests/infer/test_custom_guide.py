@@ -19,8 +19,14 @@ from pyro_vae.lab.variance import measure_estimator
 from pyro_vae.models import kl_scale
 from pyro_vae.models.ppca import gaussian_marginal_log_prob
 from pyro_vae.sites import LATENT_SITE
-from tests.common import FullCovarianceGuide, changed, small_vae, snapshot
-from tests.models.test_vae_module import exact_posterior, linear_gaussian_vae
+from tests.common import (
+    FullCovarianceGuide,
+    changed,
+    exact_posterior,
+    linear_gaussian_vae,
+    small_vae,
+    snapshot,
+)
 
 
 def exact_guide_for(vae):

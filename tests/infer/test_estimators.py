@@ -9,7 +9,6 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from test_evaluation import ppca_vae
 
 from pyro_vae.cli import main
 from pyro_vae.errors import ConfigError
@@ -21,7 +20,7 @@ from pyro_vae.infer.estimators import (
     surrogate_objective,
 )
 from pyro_vae.lab.variance import measure_estimator, run_lab, write_report
-from tests.common import small_vae
+from tests.common import ppca_vae, small_vae
 
 MU, SIGMA, R = 1.5, 0.8, 400000
 

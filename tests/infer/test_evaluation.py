@@ -7,51 +7,17 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from pyro_vae import (
-    VAE,
     ConfigError,
     DataError,
     circle_log_density,
     elbo_terms,
     evaluate_elbo,
     iwae_log_likelihood,
-    make_likelihood,
 )
 from pyro_vae.data.datasets import CIRCLE_NOISE, circle_points
-from tests.common import make_batch, small_vae
-
-
-class LinearGaussianEncoder(nn.Module):
-    """q(z|x) = N(A (x - b), diag s²), a linear encoder with a free diagonal scale."""
-
-    def __init__(self, d: int, q: int):
-        super().__init__()
-        self.A = nn.Parameter(torch.zeros(q, d))
-        self.b = nn.Parameter(torch.zeros(d))
-        self.log_s = nn.Parameter(torch.zeros(q))
-
-    def forward(self, x):
-        return (x - self.b) @ self.A.T, self.log_s.exp().expand(x.shape[0], -1)
-
-
-def ppca_vae(d=5, q=2, sigma=0.5, seed=0):
-    """A linear-Gaussian (pPCA) VAE whose W has orthogonal columns: its exact posterior is
-    diagonal, so the encoder below *is* the exact posterior and the ELBO equals log p(x)."""
-    gen = torch.Generator().manual_seed(seed)
-    W = torch.linalg.qr(torch.randn(d, q, generator=gen))[0] * torch.tensor([2.0, 0.7])
-    b = torch.randn(d, generator=gen)
-    decoder = nn.Linear(q, d)
-    decoder.weight.data, decoder.bias.data = W.clone(), b.clone()
-    M = W.T @ W + sigma**2 * torch.eye(q)  # diagonal because W's columns are orthogonal
-    enc = LinearGaussianEncoder(d, q)
-    enc.A.data = torch.linalg.solve(M, W.T)
-    enc.b.data = b.clone()
-    enc.log_s.data = 0.5 * torch.log(sigma**2 / torch.diagonal(M))
-    vae = VAE(enc, decoder, make_likelihood("gaussian", obs_scale=sigma), q, (d,))
-    marginal = torch.distributions.MultivariateNormal(b, W @ W.T + sigma**2 * torch.eye(d))
-    return vae, marginal
+from tests.common import make_batch, ppca_vae, small_vae
 
 
 def test_elbo_and_iwae_equal_the_exact_ppca_likelihood_at_the_exact_posterior():

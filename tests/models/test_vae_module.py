@@ -14,9 +14,8 @@ from pyro_vae import Config, build_vae, nuts_posterior, posterior_predictive, pr
 from pyro_vae.cli import main as cli_main
 from pyro_vae.errors import CheckpointError, ConfigError, DataError
 from pyro_vae.infer.elbo import make_elbo
-from pyro_vae.nn.networks import MLPDecoder, MLPEncoder
 from pyro_vae.sites import LATENT_SITE, OBS_SITE
-from tests.common import make_batch, small_vae
+from tests.common import exact_posterior, linear_gaussian_vae, make_batch, small_vae
 
 
 def test_torch_state_handling_is_torchs_own():
@@ -101,25 +100,6 @@ def test_prior_and_posterior_predictive_in_one_line_each():
     cvae = small_vae(num_classes=3)
     out = prior_predictive(cvae, y=torch.tensor([0, 1, 2, 2]), num_samples=2)
     assert out[OBS_SITE].shape == (2, 4, 6)
-
-
-def linear_gaussian_vae(num_data=None):
-    """x = W z + b + σ ε with z ~ N(0, I): a linear decoder and a Gaussian likelihood, whose
-    posterior p(z | x) is Gaussian in closed form."""
-    torch.manual_seed(1)
-    enc = MLPEncoder((3,), 2, ())
-    dec = MLPDecoder((3,), 2, (), num_params=1)
-    return pyro_vae.VAE(enc, dec, pyro_vae.make_likelihood("gaussian", 0.5), 2, (3,),
-                        num_data=num_data)
-
-
-def exact_posterior(vae, x):
-    """Mean and covariance of p(z | x) for :func:`linear_gaussian_vae`."""
-    lin = vae.decoder.net[0]
-    w, b, s2 = lin.weight.detach(), lin.bias.detach(), 0.25
-    precision = torch.eye(2) + w.T @ w / s2
-    cov = torch.linalg.inv(precision)
-    return (cov @ w.T @ (x - b).T / s2).T, cov
 
 
 def test_nuts_on_z_matches_the_closed_form_posterior_of_a_linear_gaussian_model():
