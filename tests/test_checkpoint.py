@@ -80,3 +80,28 @@ def test_loaded_run_reproduces_the_trained_models_outputs(run_dir):
 
     assert float(run.vae.obs_scale().detach()) == pytest.approx(run.history[-1]["obs_scale"])
     assert pyro.param("obs_scale") is not None
+
+
+def test_a_format_2_checkpoint_still_loads_with_the_same_weights(run_dir, tmp_path):
+    """Version 2 kept the networks under ``modules`` and the learned σ among ``params``."""
+    state = load_checkpoint(run_dir)
+    model = state.pop("model")
+    old = {k: v for k, v in state.items() if k not in ("guide", "param_constraints")}
+    old["format_version"] = 2
+    old["modules"] = {net: {k.split(".", 1)[1]: v for k, v in model.items()
+                            if k.startswith(net + ".")} for net in ("encoder", "decoder")}
+    old["params"] = {"obs_scale": model["obs_scale_unconstrained"]}
+    torch.save(old, tmp_path / "checkpoint.pt")
+    new, converted = load_run(run_dir), load_run(tmp_path)
+    for (name, a), b in zip(new.vae.state_dict().items(), converted.vae.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_nan_weights_in_a_checkpoint_are_refused_in_one_line(run_dir, tmp_path):
+    state = load_checkpoint(run_dir)
+    state["model"]["decoder.net.0.weight"][0, 0] = float("nan")
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="NaN") as err:
+        load_run(tmp_path)
+    assert "\n" not in str(err.value)

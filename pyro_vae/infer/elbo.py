@@ -9,9 +9,9 @@
                the Gaussian-Gaussian KL is registered in ``torch.distributions``.
 =============  =========================================================================
 
-Both are unbiased for the same ELBO (tested in ``tests/test_elbo.py``); the analytic KL removes
-the variance of the KL part. ``num_particles > 1`` averages that many samples of z, vectorized
-over a particle plate (``vectorize_particles=True``).
+Both are unbiased for the same ELBO (tested in ``tests/infer/test_elbo.py``); the analytic KL
+removes the variance of the KL part. ``num_particles > 1`` averages that many samples of z,
+vectorized over a particle plate (``vectorize_particles=True``).
 
 With ``jit=True`` the JIT-compiled variants are used, with two changes to Pyro 1.9.2's classes
 that leave the compiled graph (Pyro's own ELBO, traced by :func:`pyro.ops.jit.trace`) as it is:

@@ -377,38 +377,6 @@ def _tracegraph_surrogate(elbo: TraceGraph_ELBO, model, guide, *args) -> torch.T
     return surrogate
 
 
-def parameter_groups(vae: VAE, guide: Callable[..., Any] | None = None
-                     ) -> dict[str, list[torch.Tensor]]:
-    """The parameters whose gradients the lab measures: φ (the encoder, or the module of a
-    user's ``guide``) and θ (the decoder)."""
-    owner = getattr(guide, "__self__", guide)
-    phi = list(owner.parameters()) if isinstance(owner, nn.Module) and owner is not vae \
-        else list(vae.encoder.parameters())
-    return {"encoder": phi, "decoder": list(vae.decoder.parameters())}
-
-
-def flat_gradients(loss: torch.Tensor, groups: dict[str, list[torch.Tensor]]) -> dict[str,
-                                                                                      torch.Tensor]:
-    """∇ loss for each parameter group, flattened to one vector per group."""
-    names = list(groups)
-    params = [p for n in names for p in groups[n]]
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    out, i = {}, 0
-    for n in names:
-        k = len(groups[n])
-        out[n] = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                            for g, p in zip(grads[i:i + k], groups[n], strict=True)])
-        i += k
-    return out
-
-
-def pyro_surrogate_needs_clean_store() -> None:
-    """TraceGraph's decaying-average baseline lives in the param store; start afresh."""
-    store = pyro.get_param_store()
-    for name in [n for n in store if n.startswith("__baseline_avg_downstream_cost_")]:
-        del store[name]
-
-
 def svi_objective(
     vae: VAE, estimator: str, kl: str = "mc", num_particles: int = 1,
     baseline_offset: float = 0.0, guide: Callable[..., Any] | None = None,

@@ -141,11 +141,11 @@ class VariationalEM:
     def _setup(self, x, y, idx) -> None:
         self._loss(x, y, idx)  # creates the params
         self._e_optim = RowAdam(self.local.unconstrained(), self.e_lr)
-        theta = list(self.vae.decoder.parameters())
-        store = pyro.get_param_store()
-        theta += [store[n].unconstrained() for n in store
-                  if not n.startswith(("decoder$$$", "encoder$$$", self.local.loc_name,
-                                       self.local.scale_name))]
+        # θ: every tensor of the model but the encoder's (the decoder, a learned σ), and any
+        # other param of the store that is neither the model's nor the local λ
+        theta = [p for n, p in self.vae.named_parameters() if not n.startswith("encoder.")]
+        held = {id(p) for p in self.vae.parameters()} | {id(t) for t in self.local.unconstrained()}
+        theta += [t for _, t in pyro.get_param_store().named_parameters() if id(t) not in held]
         self._theta = theta
         self._m_optim = torch.optim.Adam(theta, lr=self.m_lr)
 

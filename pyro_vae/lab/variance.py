@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyro
 import torch
+from torch import nn
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer.estimators import (
@@ -41,11 +43,8 @@ from pyro_vae.infer.estimators import (
     NeuralBaseline,
     check_estimator,
     explicit_surrogate,
-    flat_gradients,
     mean_integrand,
-    parameter_groups,
     pyro_loss,
-    pyro_surrogate_needs_clean_store,
 )
 from pyro_vae.lab import reporting
 from pyro_vae.models.vae import VAE
@@ -53,6 +52,40 @@ from pyro_vae.models.vae import VAE
 IMPLEMENTATIONS = ("explicit", "pyro")
 #: The decaying average (β = 0.9) forgets its zero start within ~50 updates.
 AVG_WARMUP = 100
+
+
+
+# --------------------------------------------------------------------------- bookkeeping
+def parameter_groups(vae: VAE, guide: Callable[..., Any] | None = None
+                     ) -> dict[str, list[torch.Tensor]]:
+    """The parameters whose gradients the lab measures: φ (the encoder, or the module of a
+    user's ``guide``) and θ (the decoder)."""
+    owner = getattr(guide, "__self__", guide)
+    phi = list(owner.parameters()) if isinstance(owner, nn.Module) and owner is not vae \
+        else list(vae.encoder.parameters())
+    return {"encoder": phi, "decoder": list(vae.decoder.parameters())}
+
+
+def flat_gradients(loss: torch.Tensor, groups: dict[str, list[torch.Tensor]]) -> dict[str,
+                                                                                      torch.Tensor]:
+    """∇ loss for each parameter group, flattened to one vector per group."""
+    names = list(groups)
+    params = [p for n in names for p in groups[n]]
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    out, i = {}, 0
+    for n in names:
+        k = len(groups[n])
+        out[n] = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                            for g, p in zip(grads[i:i + k], groups[n], strict=True)])
+        i += k
+    return out
+
+
+def pyro_surrogate_needs_clean_store() -> None:
+    """TraceGraph's decaying-average baseline lives in the param store; start afresh."""
+    store = pyro.get_param_store()
+    for name in [n for n in store if n.startswith("__baseline_avg_downstream_cost_")]:
+        del store[name]
 
 
 @dataclass
