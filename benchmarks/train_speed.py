@@ -40,12 +40,10 @@ import pyro
 import torch
 import torch.nn.functional as F
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
-from torch.distributions import constraints
 
 from pyro_vae import Config, Trainer, build_vae, evaluate_elbo
 from pyro_vae.data import prepare_data
 from pyro_vae.models.vae import VAE
-from pyro_vae.sites import OBS_SCALE_PARAM
 
 FMNIST_MLP = dict(dataset="fashion-mnist", hidden=(400,), latent_dim=50, activation="softplus",
                   likelihood="bernoulli", binarize="threshold", lr=1e-3)
@@ -98,24 +96,6 @@ def plain_epoch(vae: VAE, opt: torch.optim.Optimizer, log_sigma: torch.Tensor | 
 
 
 # ---------------------------------------------------------------------- the benchmark
-class StoreSwitch:
-    """Methods (a) and (c) each register "encoder"/"decoder" in Pyro's global param store: keep
-    one store state per method and swap them (same tensor objects, so optimizers stay valid)."""
-
-    def __init__(self) -> None:
-        self.states: dict[str, dict] = {}
-        self.current: str | None = None
-
-    def use(self, name: str) -> None:
-        store = pyro.get_param_store()
-        if self.current is not None:
-            self.states[self.current] = store.get_state()
-        store.clear()
-        if name in self.states:
-            store.set_state(self.states[name])
-        self.current = name
-
-
 def run_case(name: str, rounds: int) -> dict:
     options, epochs_per_round = CASES[name]
     config = Config(**options, epochs=rounds * epochs_per_round + 1).resolved()
@@ -124,13 +104,12 @@ def run_case(name: str, rounds: int) -> dict:
     analytic = config.elbo == "meanfield"
     default_jit = config.jit
     other = "library-nojit" if default_jit else "library-jit"
-    switch = StoreSwitch()
     epochs: dict[str, Callable[[], float]] = {}
     models: dict[str, VAE] = {}
 
     pyro.set_rng_seed(0)
     for label, jit in (("library", default_jit), (other, not default_jit)):
-        switch.use(label)
+        # each model registers its own tensors in Pyro's param store, whatever the others did
         trainer = Trainer.from_config(dataclasses.replace(config, jit=jit), data)
         models[label] = trainer.vae
         epochs[label] = lambda t=trainer: t.train_epoch()["seconds"]
@@ -138,8 +117,7 @@ def run_case(name: str, rounds: int) -> dict:
     torch.manual_seed(0)
     plain = build_vae(config, data.event_shape, num_data=n)
     plain.train()
-    log_sigma = torch.tensor(math.log(plain.likelihood.obs_scale), requires_grad=True) \
-        if config.likelihood == "gaussian-learned" else None
+    log_sigma = plain.obs_scale_unconstrained  # log σ of a learned scale, else None
     # the same optimizer as the library's (fused Adam): the comparison is of everything else
     plain_opt = torch.optim.Adam([*plain.encoder.parameters(), *plain.decoder.parameters(),
                                   *([log_sigma] if log_sigma is not None else [])], lr=config.lr,
@@ -152,7 +130,6 @@ def run_case(name: str, rounds: int) -> dict:
         return time.perf_counter() - start
 
     epochs["plain"] = plain_timed
-    switch.use("pyro-example")
     example = build_vae(config, data.event_shape, num_data=n)
     example.train()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x),
@@ -170,14 +147,12 @@ def run_case(name: str, rounds: int) -> dict:
 
     epochs["pyro-example"] = example_timed
 
-    for label, epoch in epochs.items():  # warm-up, untimed: JIT compile, allocator caches
-        switch.use(label)
+    for epoch in epochs.values():  # warm-up, untimed: JIT compile, allocator caches
         epoch()
     times: dict[str, list[float]] = {k: [] for k in epochs}
     round_means: dict[str, list[float]] = {k: [] for k in epochs}
     for _ in range(rounds):
         for label, epoch in epochs.items():
-            switch.use(label)
             seconds = [epoch() for _ in range(epochs_per_round)]
             times[label] += seconds
             round_means[label].append(statistics.fmean(seconds))
@@ -186,9 +161,6 @@ def run_case(name: str, rounds: int) -> dict:
                         for pair in (("library", "plain"), ("pyro-example", "library"),
                                      (other, "library"))}}
     for label, model in models.items():
-        switch.use(label)
-        if label == "plain" and log_sigma is not None:  # its σ lives outside Pyro's store
-            pyro.param(OBS_SCALE_PARAM, log_sigma.detach().exp(), constraint=constraints.positive)
         model.eval()
         result["median"][label] = statistics.median(times[label])
         result["test_elbo"][label] = evaluate_elbo(model, data.x_test)["elbo"]

@@ -206,9 +206,12 @@ def plot_points(vae: VAE, data: DataSet, path: Path, num_samples: int = 2000) ->
     axes[0].set_title("test data")
     axes[1].scatter(recon[:, 0], recon[:, 1], s=4, **colour)
     axes[1].set_title("reconstructions E[x | z = μ(x)]")
-    axes[2].scatter(means[:, 0], means[:, 1], s=4, c=z_s[:, 0], cmap="autumn")
+    # prior samples coloured by their label (conditional model) or by z₁
+    prior_colour = {"c": y_prior.cpu(), "cmap": "coolwarm"} if y_prior is not None \
+        else {"c": z_s[:, 0], "cmap": "autumn"}
+    axes[2].scatter(means[:, 0], means[:, 1], s=4, **prior_colour)
     axes[2].set_title("decoded prior samples E[x|z], z ~ N(0, I)")
-    axes[3].scatter(x_s[:, 0], x_s[:, 1], s=4, c=z_s[:, 0], cmap="autumn")
+    axes[3].scatter(x_s[:, 0], x_s[:, 1], s=4, **prior_colour)
     axes[3].set_title("samples x ~ p(x) (with noise)")
     if loc.shape[1] >= 2:
         axes[4].scatter(loc[:, 0], loc[:, 1], s=4, **colour)
