@@ -109,3 +109,22 @@ def test_gap_report_and_variance_lab_take_a_user_guide():
         assert enc.mean_norm > 0 and math.isfinite(enc.total_variance)
     with pytest.raises(pyro_vae.ConfigError, match="implementation='pyro'"):
         measure_estimator(vae, x, None, "reparam", repeats=2, guide=guide.guide)
+
+
+def test_the_trainer_takes_a_hand_built_vae_and_a_pair_of_functions():
+    data = moons_data(64)
+    config = Config(dataset="moons", epochs=1, batch_size=32, eval_samples=1)
+    vae = small_vae(event_shape=(2,), likelihood="gaussian-learned")  # num_data set by Trainer
+    before = snapshot(vae)
+    Trainer(vae, data, config).fit()
+    assert set(changed(before, vae)) == {n for n, _ in vae.named_parameters()}
+    pyro.clear_param_store()
+    other = small_vae(event_shape=(2,), likelihood="gaussian-learned", num_data=64)
+    before = snapshot(other)
+    trainer = Trainer(other.model, data, config, guide=other.guide)  # plain functions
+    history = trainer.fit()
+    assert math.isfinite(history[-1]["test_elbo"]) and changed(before, other)
+    with pytest.raises(pyro_vae.ConfigError, match="num_data=64"):
+        Trainer(small_vae(event_shape=(2,), num_data=10), data, config)
+    with pytest.raises(pyro_vae.ConfigError, match="from_config"):
+        Trainer(config, data)

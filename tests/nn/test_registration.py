@@ -101,3 +101,16 @@ def test_a_store_value_of_another_shape_is_a_one_line_error():
     with pytest.raises(ConfigError, match="clear_param_store") as err:
         small_vae().model(make_batch(4))
     assert "\n" not in str(err.value)
+
+
+def test_two_run_folders_loaded_with_load_run_each_train(tmp_path):
+    config = pyro_vae.Config(dataset="moons", epochs=1, max_train=64, max_test=16,
+                             batch_size=32, hidden=(8,))
+    for name in ("a", "b"):
+        pyro_vae.train_run(config.replace(seed=len(name) + (name == "b")), tmp_path / name,
+                           progress=False, figures=False)
+    runs = [pyro_vae.load_run(tmp_path / name) for name in ("a", "b")]
+    x = runs[0].data.x_train[:16]
+    for run in (*runs, runs[0]):
+        vae = run.vae.train()
+        assert all_moved(vae, svi_step_moves(vae, x))
