@@ -27,10 +27,13 @@ from pyro_vae.data.datasets import DATASETS
 from pyro_vae.distributions.likelihoods import LIKELIHOODS
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.infer.elbo import ELBOS
+from pyro_vae.infer.estimators import SCORE_FAMILY
+from pyro_vae.infer.importance import IW_ESTIMATORS, OBJECTIVES
 from pyro_vae.nn.networks import ACTIVATIONS
 
 #: The source of every option's default: the CLI states none of its own.
 _DEFAULT = Config()
+TRAIN_ESTIMATORS = IW_ESTIMATORS + SCORE_FAMILY
 
 
 def _float(text: str) -> float:
@@ -106,7 +109,21 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                         "the faster one measured in BENCHMARKS.md: JIT, except eager for conv "
                         "nets that may meet 64x64 images, which have batch norm)")
     i.add_argument("--num-particles", type=_int, default=_DEFAULT.num_particles,
-                   help="samples of z per data point per step, vectorized (default %(default)s)")
+                   help="samples of z per data point per step, vectorized: K of the "
+                   "importance-weighted objectives (default %(default)s)")
+    i.add_argument("--objective", default=_DEFAULT.objective, choices=OBJECTIVES,
+                   help="elbo, or an importance-weighted bound: iwae (K samples), miwae (M "
+                   "groups of K), ciwae (β-mixture of ELBO and IWAE), piwae (decoder on IWAE, "
+                   "encoder on MIWAE) (default %(default)s)")
+    i.add_argument("--estimator", default=_DEFAULT.estimator, choices=TRAIN_ESTIMATORS,
+                   help="the encoder's gradient estimator: reparam (pathwise), stl (sticking the "
+                   "landing), dreg (doubly reparameterized), or for the ELBO score, score-avg, "
+                   "score-nn (REINFORCE without / with a decaying-average / a learned "
+                   "baseline) (default %(default)s)")
+    i.add_argument("--num-groups", type=_int, default=_DEFAULT.num_groups,
+                   help="M, groups of K particles of miwae and piwae (default %(default)s)")
+    i.add_argument("--ciwae-beta", type=_float, default=_DEFAULT.ciwae_beta,
+                   help="weight of the ELBO in ciwae, in [0, 1] (default %(default)s)")
     i.add_argument("--optimizer", default=_DEFAULT.optimizer, choices=OPTIMIZERS,
                    help="pyro.optim Adam or ClippedAdam (default %(default)s)")
     i.add_argument("--lr", type=_float, help="learning rate")

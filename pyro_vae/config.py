@@ -74,6 +74,10 @@ class Config:
     elbo: str = "trace"
     jit: bool | None = None
     num_particles: int = 1
+    objective: str = "elbo"
+    estimator: str = "reparam"
+    num_groups: int = 1
+    ciwae_beta: float = 0.5
     optimizer: str = "adam"
     lr: float | None = None
     clip_norm: float = 10.0
@@ -131,7 +135,7 @@ class Config:
         if cfg.binarize is None:
             cfg.binarize = "none"
         if cfg.jit is None:  # the faster path, as measured in benchmarks/train_speed.py
-            cfg.jit = not cfg.may_use_batch_norm()
+            cfg.jit = not cfg.may_use_batch_norm() and not cfg.uses_custom_objective()
         cfg.validate()
         return cfg
 
@@ -146,6 +150,12 @@ class Config:
         return self.arch == "conv" and self.dataset in ("celeba", "file") \
             and self.image_size == 64
 
+    def uses_custom_objective(self) -> bool:
+        """True when training needs more than Pyro's ELBO with pathwise gradients: an
+        importance-weighted objective (:mod:`pyro_vae.infer.importance`), groups of particles,
+        or another gradient estimator (these run eagerly)."""
+        return self.objective != "elbo" or self.estimator != "reparam" or self.num_groups > 1
+
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad option and its allowed values."""
         _choice("dataset", self.dataset, DATASETS)
@@ -153,6 +163,28 @@ class Config:
         from pyro_vae.infer.elbo import ELBOS  # the registry sits above the configuration
 
         _choice("elbo", self.elbo, ELBOS)
+        from pyro_vae.infer.estimators import SCORE_FAMILY
+        from pyro_vae.infer.importance import IW_ESTIMATORS, OBJECTIVES
+
+        _choice("objective", self.objective, OBJECTIVES)
+        _choice("estimator", self.estimator, IW_ESTIMATORS + SCORE_FAMILY)
+        _positive_int("num-groups", self.num_groups)
+        if self.estimator in SCORE_FAMILY and self.objective != "elbo":
+            raise ConfigError(f"--estimator {self.estimator} trains the ELBO only; use --objective "
+                              "elbo, or a pathwise estimator (reparam, stl, dreg) for "
+                              f"--objective {self.objective}")
+        if self.num_groups > 1 and self.objective not in ("miwae", "piwae"):
+            raise ConfigError(f"--num-groups applies to --objective miwae or piwae, not "
+                              f"{self.objective}")
+        if isinstance(self.ciwae_beta, bool) or not isinstance(self.ciwae_beta, (int, float)) \
+                or not 0 <= self.ciwae_beta <= 1:
+            raise ConfigError(f"--ciwae-beta must lie in [0, 1], got {self.ciwae_beta!r}")
+        if self.elbo == "meanfield" and self.objective != "elbo":
+            raise ConfigError(f"--elbo meanfield (analytic KL) applies to --objective elbo; "
+                              f"{self.objective} weights sampled log-densities: drop --elbo")
+        if self.jit and self.uses_custom_objective():
+            raise ConfigError("--jit compiles Pyro's own ELBO; with --objective "
+                              f"{self.objective} --estimator {self.estimator} drop --jit")
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("strategy", self.strategy, STRATEGIES)
         _positive_int("devices", self.devices)

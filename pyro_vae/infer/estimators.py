@@ -179,6 +179,16 @@ class StickingTheLandingMessenger(Messenger):
             msg["fn"] = _rebuild(msg["fn"], "stl")
 
 
+class DifferentiableTraceGraph_ELBO(TraceGraph_ELBO):  # noqa: N801 (Pyro's naming)
+    """``TraceGraph_ELBO`` with the ``differentiable_loss`` that Pyro's other ELBOs have: a
+    tensor whose value is the loss and whose gradient is the score-function estimator's
+    (the surrogate ``loss_and_grads`` backpropagates, baseline losses included)."""
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        loss, surrogate = self._loss_and_surrogate_loss(model, guide, args, kwargs)
+        return surrogate - surrogate.detach() + torch.as_tensor(loss).detach()
+
+
 class NeuralBaseline(nn.Module):
     """b_ψ(x): an MLP from a flattened data point to one number (the learned baseline).
 
@@ -337,7 +347,7 @@ def pyro_loss(
         sf_guide = _score_function_guide(vae, BASELINE_KIND[estimator], nn_baseline,
                                          num_samples, register=False,  # the lab trains it
                                          guide=guide)
-        elbo = TraceGraph_ELBO(**particle_options(num_samples))
+        elbo = DifferentiableTraceGraph_ELBO(**particle_options(num_samples))
         return _tracegraph_surrogate(elbo, vae.model, sf_guide, x, y) / x.shape[0]
     est_guide, elbo = svi_objective(vae, estimator, kl, num_samples, guide=guide)
     return elbo.differentiable_loss(vae.model, est_guide, x, y) / x.shape[0]
@@ -405,4 +415,4 @@ def svi_objective(
         net.to(next(vae.encoder.parameters()).device)
     return (_score_function_guide(vae, kind, net, num_particles, register=True,
                                   guide=guide),
-            TraceGraph_ELBO(**particle_options(num_particles)))
+            DifferentiableTraceGraph_ELBO(**particle_options(num_particles)))

@@ -51,10 +51,12 @@ from pyro_vae.distributions.likelihoods import LIKELIHOODS
 from pyro_vae.errors import CheckpointError, ConfigError, TrainingDivergedError
 from pyro_vae.infer.annealing import KLSchedule
 from pyro_vae.infer.elbo import make_elbo
+from pyro_vae.infer.estimators import SCORE_FAMILY, mean_integrand, svi_objective
 from pyro_vae.infer.evaluation import evaluate_elbo
+from pyro_vae.infer.importance import ImportanceWeightedELBO
 from pyro_vae.infer.optim import build_optimizer
 from pyro_vae.models.builder import build_vae
-from pyro_vae.models.vae import VAE
+from pyro_vae.models.vae import VAE, evaluating
 from pyro_vae.sites import OBS_SCALE_PARAM
 
 
@@ -209,7 +211,7 @@ class Trainer:
             owner.to(self.device)
         self.owners = tuple(m for m in (self.vae, owner) if isinstance(m, nn.Module))
         self.conditional = bool(getattr(vae, "conditional", False))
-        self.elbo = make_elbo(config.elbo, config.num_particles, config.jit)
+        self.elbo, self.guide_fn = self._objective()
         self.model, self.guide = self._programs()
         self.params = self._discover_params()
         self.optimizer, self.scheduler = build_optimizer(config, self.params.values())
@@ -233,6 +235,32 @@ class Trainer:
         return cls(vae, data, config, device=device)
 
     # ------------------------------------------------------------------ programs for SVI
+    def _objective(self) -> tuple[Any, Callable[..., Any]]:
+        """The loss and the guide that training uses: Pyro's ELBO (JIT-compiled by default);
+        an importance-weighted objective with a pathwise estimator
+        (:class:`~pyro_vae.infer.importance.ImportanceWeightedELBO`); or, for a
+        score-function estimator, ``TraceGraph_ELBO`` with the guide's ``"z"`` made
+        non-reparameterized (:func:`~pyro_vae.infer.estimators.svi_objective`)."""
+        cfg = self.config
+        if cfg.estimator in SCORE_FAMILY:
+            kl = "analytic" if cfg.elbo == "meanfield" else "mc"
+            offset = 0.0
+            if cfg.estimator == "score-nn" and isinstance(self.vae, VAE) \
+                    and self.user_guide is None:
+                # TraceGraph's costs carry the plate's N/B: start b_ψ(x) near N/B · E_q[f]
+                x, n = self.data.x_train[:cfg.batch_size], self.data.x_train.shape[0]
+                x = binarize(x) if cfg.binarize == "dynamic" else x
+                y = self.data.y_train[:cfg.batch_size] if self.conditional else None
+                with evaluating(self.vae):
+                    offset = mean_integrand(self.vae, x, y, kl) * n / x.shape[0]
+            guide, elbo = svi_objective(self.vae, cfg.estimator, kl, cfg.num_particles,
+                                        baseline_offset=offset, guide=self.user_guide)
+            return elbo, guide
+        if cfg.uses_custom_objective():
+            return ImportanceWeightedELBO(cfg.objective, cfg.num_particles, cfg.num_groups,
+                                          cfg.estimator, cfg.ciwae_beta), self.guide_fn
+        return make_elbo(cfg.elbo, cfg.num_particles, cfg.jit), self.guide_fn
+
     def _programs(self):
         """Model and guide as SVI sees them. With JIT, every positional argument must be a
         tensor and the batch size is a keyword, so each batch size compiles once."""
@@ -325,7 +353,14 @@ class Trainer:
         total, points, skipped = 0.0, 0, 0
         for m in self.owners:
             m.train()
-        for step, idx in enumerate(perm.split(cfg.batch_size)):
+        batches = list(perm.split(cfg.batch_size))
+        if cfg.estimator == "score-avg" and len(batches) > 1 \
+                and batches[-1].shape[0] < cfg.batch_size:
+            # Pyro's decaying-average baseline keeps one average per batch slot, of the
+            # batch's shape: a smaller last batch cannot use it, so it is left out (its points
+            # fall into full batches in other epochs)
+            batches.pop()
+        for step, idx in enumerate(batches):
             x = x_all[idx]
             if cfg.binarize == "dynamic":
                 x = binarize(x)
