@@ -306,6 +306,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Given(argparse.Action):
+    """Stores the value and records that the option was given (``<dest>_given``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_given", True)
+
+
 def _csv(kind):
     def parse(text: str):
         try:
@@ -342,11 +350,64 @@ def load_model_for_lab(source: str, device: str):
     return run.config, run.vae, run.data
 
 
+def cmd_snr(args: argparse.Namespace) -> int:
+    """``pyro-vae variance SOURCE --objective ...``: the SNR lab of importance-weighted
+    objectives (:mod:`pyro_vae.lab.snr`)."""
+    import torch
+
+    from pyro_vae.infer.importance import IW_ESTIMATORS
+    from pyro_vae.lab.snr import gaussian_toy, run_snr_lab, snr_json, snr_table, write_snr_report
+
+    estimators = args.estimators if args.estimators_given else ("reparam", "stl", "dreg")
+    for e in estimators:
+        if e not in IW_ESTIMATORS:
+            raise ConfigError(f"unknown estimator {e!r} for --objective {args.objective}; choose "
+                              f"from {', '.join(IW_ESTIMATORS)}")
+    if args.source == GAUSSIAN_TOY:
+        vae, x = gaussian_toy(num_points=args.batch_size, seed=args.seed)
+        y, out_default, dataset = None, Path("runs") / GAUSSIAN_TOY, GAUSSIAN_TOY
+    else:
+        config, vae, data = load_model_for_lab(args.source, args.device)
+        torch.manual_seed(args.seed)
+        x = data.x_train[: args.batch_size]
+        if config.binarize == "dynamic":
+            x = torch.bernoulli(x)
+        y = None if data.y_train is None else data.y_train[: args.batch_size]
+        out_default = (Path(args.source).parent if Path(args.source).suffix == ".json"
+                       else Path(args.source))
+        dataset = config.dataset
+    start = time.perf_counter()
+    points, slopes = run_snr_lab(vae, x, y, args.objective, tuple(args.particles),
+                                 tuple(estimators), args.repeats, args.num_groups, args.seed)
+    seconds = time.perf_counter() - start
+    out = Path(args.out or out_default / f"snr-{args.objective}")
+    meta = {"source": str(args.source), "dataset": dataset, "objective": args.objective,
+            "batch_size": int(x.shape[0]), "repeats": args.repeats, "seconds": seconds}
+    paths = write_snr_report(points, slopes, out, meta)
+    if args.json:
+        print(json.dumps(snr_json(points, slopes, meta)))
+    else:
+        print(snr_table(points, slopes))
+        print(f"{len(points)} settings x {args.repeats} estimates in {seconds:.1f} s; wrote "
+              f"{', '.join(str(p) for p in paths)}")
+    return 0
+
+
+#: ``pyro-vae variance gaussian-toy ...``: the Gaussian model of Rainforth et al. (2018)
+GAUSSIAN_TOY = "gaussian-toy"
+
+
 def cmd_variance(args: argparse.Namespace) -> int:
     import torch
 
     from pyro_vae.infer.estimators import ESTIMATORS, KL_MODES
     from pyro_vae.lab.variance import markdown_table, run_lab, write_report
+
+    if args.objective is not None:
+        return cmd_snr(args)
+    if args.source == GAUSSIAN_TOY:
+        raise ConfigError(f"{GAUSSIAN_TOY} is a source for the SNR lab: add --objective iwae "
+                          "(or another importance-weighted objective)")
 
     for e in args.estimators:
         if e not in ESTIMATORS:
@@ -448,11 +509,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("variance", help="measure gradient-estimator variance",
                        description="Draw R gradient estimates per estimator at fixed parameters "
                        "and report variance, SNR and cost (Markdown, JSON, figures).")
-    p.add_argument("source", help="run folder / checkpoint (trained parameters) or a config "
-                   "JSON (fresh initialization)")
-    p.add_argument("--estimators", type=_csv(str),
+    p.add_argument("source", help="run folder / checkpoint (trained parameters), a config "
+                   "JSON (fresh initialization), or 'gaussian-toy' (with --objective: the "
+                   "Gaussian model of Rainforth et al. 2018 near its optimum)")
+    p.add_argument("--estimators", type=_csv(str), action=_Given,
                    default=("reparam", "score", "score-avg", "score-nn", "stl"),
-                   help="comma-separated: reparam, score, score-avg, score-nn, stl (default all)")
+                   help="comma-separated: reparam, score, score-avg, score-nn, stl (default all); "
+                   "with --objective: reparam, stl, dreg (default all three)")
+    p.add_argument("--objective", choices=OBJECTIVES,
+                   help="measure an importance-weighted objective's gradient SNR against K "
+                   "instead (the SNR lab: SNR ± se per group, fitted log-log slope)")
+    p.add_argument("--particles", type=_csv(int), default=(1, 4, 16, 64),
+                   help="with --objective: the K values, comma-separated (default 1,4,16,64)")
+    p.add_argument("--num-groups", type=_count, default=1,
+                   help="with --objective miwae or piwae: M groups of K (default 1)")
+    p.add_argument("--json", action="store_true",
+                   help="with --objective: print the result as one JSON object")
     p.add_argument("--kl", type=_csv(str), default=("mc", "analytic"),
                    help="KL modes: mc (Trace_ELBO) and/or analytic (TraceMeanField_ELBO)")
     p.add_argument("--samples", type=_csv(int), default=(1, 4, 16),
@@ -469,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random seed (default %(default)s)")
     p.add_argument("--out", help="output folder (default RUN/variance)")
     p.add_argument("--device", default=_DEFAULT.device, help="cpu, cuda, cuda:N or auto")
-    p.set_defaults(func=cmd_variance)
+    p.set_defaults(func=cmd_variance, estimators_given=False)
 
     p = sub.add_parser("gap", help="approximation and amortization gaps of a trained VAE",
                        description="log p(x) (IWAE), the best Gaussian ELBO per point L[q*] "

@@ -24,6 +24,7 @@ and it degrades towards a global average.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -88,14 +89,89 @@ def pyro_surrogate_needs_clean_store() -> None:
         del store[name]
 
 
+class GradientMoments:
+    """Streaming first and second moments of R gradient draws per parameter, in float64, kept
+    in ``num_batches`` interleaved batches so that any statistic of them carries a delete-a-batch
+    jackknife standard error (no R × P matrix is kept).
+
+    Draws are shifted by the first one before squaring, which avoids cancellation when
+    |mean| ≫ sd.
+    """
+
+    def __init__(self, num_batches: int = 10) -> None:
+        self.num_batches = num_batches
+        self.shift: torch.Tensor | None = None
+        self.s1: torch.Tensor | None = None
+        self.s2: torch.Tensor | None = None
+        self.counts = [0] * num_batches
+        self.draws = 0
+
+    def add(self, g: torch.Tensor) -> None:
+        g = g.detach().double()
+        if self.shift is None:
+            self.shift = g.clone()
+            self.s1 = torch.zeros(self.num_batches, *g.shape, dtype=torch.float64,
+                                  device=g.device)
+            self.s2 = torch.zeros_like(self.s1)
+        b = self.draws % self.num_batches
+        d = g - self.shift
+        self.s1[b] += d
+        self.s2[b] += d * d
+        self.counts[b] += 1
+        self.draws += 1
+
+    def _moments(self, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = sum(c for c, k in zip(self.counts, keep.tolist(), strict=True) if k)
+        s1, s2 = self.s1[keep].sum(0), self.s2[keep].sum(0)
+        return self.shift + s1 / n, ((s2 - s1 * s1 / n) / (n - 1)).clamp_min(0)
+
+    def mean_and_variance(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-parameter mean and unbiased variance over all draws."""
+        return self._moments(torch.ones(self.num_batches, dtype=torch.bool))
+
+    def statistic(self, fn) -> tuple[float, float]:
+        """``fn(mean, variance)`` over all draws and its jackknife standard error."""
+        value = float(fn(*self.mean_and_variance()))
+        full = [b for b in range(self.num_batches) if self.counts[b]]
+        if len(full) < 2:
+            return value, float("nan")
+        leave_out = []
+        for b in full:
+            keep = torch.tensor([i != b and self.counts[i] > 0
+                                 for i in range(self.num_batches)])
+            leave_out.append(float(fn(*self._moments(keep))))
+        g = len(leave_out)
+        mean = sum(leave_out) / g
+        return value, math.sqrt((g - 1) / g * sum((v - mean) ** 2 for v in leave_out))
+
+
+def snr_mean(mean: torch.Tensor, var: torch.Tensor, draws: int | None = None) -> torch.Tensor:
+    """Mean over parameters of |E ĝ| / sd ĝ (parameters with zero variance left out).
+
+    With ``draws`` = R, |E ĝ| is estimated as sqrt(max(ḡ² − s²/R, 0)): the sample mean's own
+    noise s²/R is subtracted, which otherwise sets a floor of about 1/√R under every SNR.
+    """
+    sd = var.sqrt()
+    ok = sd > 0
+    if not bool(ok.any()):
+        return torch.zeros(())
+    signal = mean.abs()[ok] if draws is None else \
+        (mean[ok] ** 2 - var[ok] / draws).clamp_min(0).sqrt()
+    return (signal / sd[ok]).mean()
+
+
 @dataclass
 class GroupStats:
+    """Gradient statistics of one parameter group; ``*_se``: jackknife standard errors."""
+
     total_variance: float
     mean_variance: float
     snr_mean: float
     snr_median: float
     mean_norm: float
     num_params: int
+    total_variance_se: float = float("nan")
+    snr_mean_se: float = float("nan")
 
     @classmethod
     def of(cls, mean: torch.Tensor, var: torch.Tensor) -> GroupStats:
@@ -105,6 +181,25 @@ class GroupStats:
         snr = (mean.abs()[ok] / sd[ok]) if bool(ok.any()) else torch.zeros(1)
         return cls(float(var.sum()), float(var.mean()), float(snr.mean()),
                    float(snr.median()), float(mean.norm()), int(mean.shape[0]))
+
+    @classmethod
+    def of_moments(cls, moments: GradientMoments) -> GroupStats:
+        """With the jackknife standard errors of the total variance and the mean SNR."""
+        stats = cls.of(*moments.mean_and_variance())
+        stats.total_variance_se = moments.statistic(lambda m, v: v.sum())[1]
+        stats.snr_mean_se = moments.statistic(snr_mean)[1]
+        return stats
+
+    @classmethod
+    def of_moments_debiased(cls, moments: GradientMoments) -> GroupStats:
+        """As :meth:`of_moments`, with the mean SNR corrected for the noise of the sample mean
+        (:func:`snr_mean` with ``draws``), as the SNR lab reports it for small SNRs."""
+        stats = cls.of_moments(moments)
+        mean, var = moments.mean_and_variance()
+        stats.snr_mean = float(snr_mean(mean, var, moments.draws))
+        stats.snr_mean_se = moments.statistic(
+            lambda m, v: snr_mean(m, v, round(moments.draws * (1 - 1 / moments.num_batches))))[1]
+        return stats
 
 
 @dataclass
@@ -216,23 +311,13 @@ def measure_estimator(
         steps = {"nn": warmup, "avg": min(warmup, AVG_WARMUP)}.get(kind or "", 0)
         for _ in range(steps):
             warm_up()
-        # streaming sums of (g - g_1) and its square, in float64: no R x P matrix is kept, and
-        # shifting by the first draw avoids cancellation when |mean| >> sd
-        shift: dict[str, torch.Tensor] = {}
-        s1: dict[str, torch.Tensor] = {}
-        s2: dict[str, torch.Tensor] = {}
+        moments: dict[str, GradientMoments] = {}
         if x.is_cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(repeats):
             for g, v in one().items():
-                if g not in shift:
-                    shift[g] = v.detach().double()
-                    s1[g] = torch.zeros_like(shift[g])
-                    s2[g] = torch.zeros_like(shift[g])
-                d = v.detach().double() - shift[g]
-                s1[g] += d
-                s2[g] += d * d
+                moments.setdefault(g, GradientMoments()).add(v)
         if x.is_cuda:
             torch.cuda.synchronize()
         seconds = (time.perf_counter() - start) / repeats
@@ -240,13 +325,12 @@ def measure_estimator(
         validation.__exit__(None, None, None)
         vae.num_data = num_data
         vae.train(was_training)
-    means = {g: shift[g] + s1[g] / repeats for g in shift}
-    variances = {g: ((s2[g] - s1[g] ** 2 / repeats) / (repeats - 1)).clamp_min(0) for g in shift}
+    means_vars = {g: m.mean_and_variance() for g, m in moments.items()}
     return EstimatorResult(
         estimator, kl, implementation, num_samples, repeats, seconds,
-        {g: GroupStats.of(means[g], variances[g]) for g in shift},
-        means,
-        {g: (variances[g] / repeats).sqrt() for g in shift},
+        {g: GroupStats.of_moments(m) for g, m in moments.items()},
+        {g: mv[0] for g, mv in means_vars.items()},
+        {g: (mv[1] / repeats).sqrt() for g, mv in means_vars.items()},
     )
 
 
@@ -286,11 +370,14 @@ def markdown_table(results: list[EstimatorResult], reference: str = "reparam") -
             base = ref.get((r.kl, r.num_samples))
             ratio = st.total_variance / base.groups[g].total_variance if base and \
                 base.groups[g].total_variance > 0 else float("nan")
-            rows.append([r.estimator, r.kl, r.num_samples, g, f"{st.total_variance:.4g}",
-                         f"{ratio:.3g}", f"{st.snr_mean:.3g}", f"{r.seconds * 1e3:.2f} ms",
+            rows.append([r.estimator, r.kl, r.num_samples, g,
+                         f"{st.total_variance:.4g} ± {st.total_variance_se:.2g}",
+                         f"{ratio:.3g}", f"{st.snr_mean:.3g} ± {st.snr_mean_se:.2g}",
+                         f"{r.seconds * 1e3:.2f} ms",
                          f"{r.work_variance(g):.3g}"])
     return reporting.markdown_table(
-        ["estimator", "KL", "S", "group", "total variance", "ratio to reparam", "SNR (mean)",
+        ["estimator", "KL", "S", "group", "total variance ± se", "ratio to reparam",
+         "SNR (mean) ± se",
          "s / estimate", "variance × cost"], rows, align="llrlrrrrr")
 
 
