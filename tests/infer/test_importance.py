@@ -190,3 +190,19 @@ def test_a_non_reparameterizable_guide_site_is_refused_in_one_line():
     with pytest.raises(ConfigError, match="reparameterizable") as err:
         ImportanceWeightedELBO("iwae", 3).loss(vae.model, score_guide, make_batch(4))
     assert "\n" not in str(err.value)
+
+
+def test_an_iwae_run_resumes_to_the_same_numbers_and_evaluates(tmp_path):
+    from pyro_vae import load_run, train_run
+    from pyro_vae.cli import main as cli_main
+
+    options = dict(dataset="moons", batch_size=32, max_train=64, max_test=16, hidden=(8,),
+                   objective="iwae", num_particles=4, estimator="dreg")
+    full = train_run(Config(epochs=2, **options), tmp_path / "full", progress=False,
+                     figures=False)
+    train_run(Config(epochs=1, **options), tmp_path / "part", progress=False, figures=False)
+    resumed = train_run(Config(epochs=2, **options), tmp_path / "part", resume=True,
+                        progress=False, figures=False)
+    assert resumed.history[-1]["test_elbo"] == full.history[-1]["test_elbo"]
+    assert load_run(tmp_path / "part").config.objective == "iwae"
+    assert cli_main(["evaluate", str(tmp_path / "part"), "--iw-samples", "8"]) == 0
