@@ -16,7 +16,8 @@ divided out), the objectives are, per point:
 ``miwae``   (1/M) Σ_m log (1/K) Σ_k w_mk                       (Rainforth et al. 2018)
 ``ciwae``   β_c · ELBO_K + (1 − β_c) · IWAE_K                  (Rainforth et al. 2018), M = 1
 ``piwae``   the decoder θ ascends IWAE_{MK}, the encoder φ ascends MIWAE_{M,K}
-            (Rainforth et al. 2018): two gradient targets in one step
+            (Rainforth et al. 2018): two gradient targets in one step; the loss
+            reported is −IWAE_{MK}
 ==========  ==================================================================================
 
 and the loss is −(N/B) Σ_{n in batch} objective_n: the log-mean-exp is taken over unscaled local
