@@ -72,7 +72,7 @@ def main() -> None:
         args.particles, args.groups, args.eval_k, args.eval_points = 4, 2, 10, 32
     out = Path(args.out)
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    rows, elbo_step = [], {}
+    rows, elbo_step, baseline = [], {}, None
     selected = runs(args.particles, args.groups).items()
     if args.only:
         keys = args.only.split(",")
@@ -91,9 +91,12 @@ def main() -> None:
             elbo_step[particles] = step
         x = trainer.data.x_test[: args.eval_points]
         log_px = iwae_log_likelihood(trainer.vae, x, num_samples=args.eval_k)
+        baseline = log_px if baseline is None else baseline
+        diff = log_px - baseline  # paired over the same test points
         last = history[-1]
         ratio = step / elbo_step[particles] if particles in elbo_step else float("nan")
         rows.append([name, f"{float(log_px.mean()):.2f} ± {float(log_px.std()) / len(x)**.5:.2f}",
+                     f"{float(diff.mean()):+.2f} ± {float(diff.std()) / len(x)**.5:.2f}",
                      f"{last['test_elbo']:.2f} ± {last['test_elbo_se']:.2f}",
                      f"{active_units(trainer.vae, trainer.data)} / {args.latent_dim}",
                      f"{step * 1e3:.1f}", f"{ratio:.2f}", f"{seconds:.0f}"])
@@ -109,7 +112,8 @@ def main() -> None:
         out, f"Importance-weighted objectives on {config.dataset} "
         f"({config.max_train or 'all'} training points, {args.epochs} epochs, L = "
         f"{args.latent_dim})",
-        ["run", f"test log p(x), IWAE k = {args.eval_k}", "test ELBO", "active units",
+        ["run", f"test log p(x), IWAE k = {args.eval_k}", "Δ log p(x) vs the first run, paired",
+         "test ELBO", "active units",
          "ms / step", "step / ELBO step at equal k", "seconds"], rows,
         notes=f"log p(x) on the first {args.eval_points} test points (± standard error).")
 
