@@ -24,6 +24,7 @@ from pyro_vae.config import (
     parse_hidden,
 )
 from pyro_vae.data.datasets import DATASETS
+from pyro_vae.distributions.guides import GUIDE_FAMILIES
 from pyro_vae.distributions.likelihoods import LIKELIHOODS
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.infer.elbo import ELBOS
@@ -99,6 +100,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="let bernoulli score grey values (cross-entropy, not a density)")
     m.add_argument("--conditional", action="store_true",
                    help="conditional VAE: encoder and decoder also see the label y")
+    m.add_argument("--guide", default=_DEFAULT.guide, choices=GUIDE_FAMILIES,
+                   help="posterior family q(z|x): diag (factorized Gaussian), full (full "
+                   "covariance), iaf (inverse autoregressive flow), planar (planar flow) "
+                   "(default %(default)s)")
+    m.add_argument("--flow-length", type=_int, default=_DEFAULT.flow_length,
+                   help="flow steps K of --guide iaf / planar (default %(default)s)")
 
     i = p.add_argument_group("inference")
     i.add_argument("--elbo", default=_DEFAULT.elbo, choices=ELBOS,

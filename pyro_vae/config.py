@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pyro_vae.data.datasets import DATASETS
+from pyro_vae.distributions.guides import GUIDE_FAMILIES
 from pyro_vae.distributions.likelihoods import LIKELIHOODS
 from pyro_vae.errors import ConfigError
 from pyro_vae.nn.networks import ACTIVATIONS
@@ -70,6 +71,8 @@ class Config:
     obs_scale: float | None = None
     allow_greyscale: bool = False
     conditional: bool = False
+    guide: str = "diag"
+    flow_length: int = 2
     # inference
     elbo: str = "trace"
     jit: bool | None = None
@@ -135,7 +138,8 @@ class Config:
         if cfg.binarize is None:
             cfg.binarize = "none"
         if cfg.jit is None:  # the faster path, as measured in benchmarks/train_speed.py
-            cfg.jit = not cfg.may_use_batch_norm() and not cfg.uses_custom_objective()
+            cfg.jit = not cfg.may_use_batch_norm() and not cfg.uses_custom_objective() \
+                and cfg.guide == "diag"  # flows and Cholesky layers run eagerly
         cfg.validate()
         return cfg
 
@@ -167,6 +171,8 @@ class Config:
         from pyro_vae.infer.importance import IW_ESTIMATORS, OBJECTIVES
 
         _choice("objective", self.objective, OBJECTIVES)
+        _choice("guide", self.guide, GUIDE_FAMILIES)
+        _positive_int("flow-length", self.flow_length, allow_zero=True)
         _choice("estimator", self.estimator, IW_ESTIMATORS + SCORE_FAMILY)
         _positive_int("num-groups", self.num_groups)
         if self.estimator in SCORE_FAMILY and self.objective != "elbo":

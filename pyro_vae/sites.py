@@ -12,6 +12,8 @@ name                what it is
 ``"x"``             observation, event shape = the data's shape per point (e.g. ``(1, 28, 28)``)
 ``"encoder"``       the encoder network, registered by ``pyro.module`` in the guide
 ``"decoder"``       the decoder network, registered by ``pyro.module`` in the model
+``"guide_family"``  the layers of a richer posterior family (``full``, ``iaf``, ``planar``),
+                    registered by ``pyro.module`` in the guide (absent for ``diag``)
 ``"obs_scale"``     the learned observation scale (``pyro.param``, positive), only for the
                     ``gaussian-learned`` and ``laplace-learned`` likelihoods
 ==================  ======================================================================
@@ -24,12 +26,14 @@ LATENT_SITE = "z"
 OBS_SITE = "x"
 ENCODER_MODULE = "encoder"
 DECODER_MODULE = "decoder"
+GUIDE_FAMILY_MODULE = "guide_family"
 OBS_SCALE_PARAM = "obs_scale"
 
 __all__ = [
     "DATA_PLATE",
     "DECODER_MODULE",
     "ENCODER_MODULE",
+    "GUIDE_FAMILY_MODULE",
     "LATENT_SITE",
     "OBS_SCALE_PARAM",
     "OBS_SITE",

@@ -13,19 +13,22 @@ from torch import nn
 
 import pyro_vae
 from pyro_vae import VAE, MLPDecoder, MLPEncoder, make_likelihood
+from pyro_vae.distributions.guides import GuideFamily
 from pyro_vae.models import kl_scale
 from pyro_vae.sites import LATENT_SITE
 
 
 def small_vae(
     event_shape=(6,), latent_dim=2, likelihood="gaussian", num_data=None, num_classes=None,
-    hidden=(16,), obs_scale=None,
+    hidden=(16,), obs_scale=None, guide="diag", flow_length=2,
 ) -> VAE:
     lik = make_likelihood(likelihood, obs_scale)
     cond = num_classes or 0
     enc = MLPEncoder(event_shape, latent_dim, hidden, cond_dim=cond)
     dec = MLPDecoder(event_shape, latent_dim, hidden, num_params=lik.num_params, cond_dim=cond)
-    return VAE(enc, dec, lik, latent_dim, event_shape, num_data=num_data, num_classes=num_classes)
+    family = GuideFamily(guide, event_shape, latent_dim, flow_length, cond_dim=cond)
+    return VAE(enc, dec, lik, latent_dim, event_shape, num_data=num_data, num_classes=num_classes,
+               family=family)
 
 
 def make_batch(n=8, event_shape=(6,), binary=False) -> torch.Tensor:

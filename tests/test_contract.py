@@ -38,6 +38,8 @@ CASES = {
     "network-conv-64": (lambda: conv_vae(64), "built-in"),
     "network-conditional": (lambda: small_vae(num_classes=3), "built-in"),
     "guide-full-covariance": (lambda: small_vae(likelihood="gaussian-learned"), "full"),
+    **{f"family-{kind}": (lambda kind=kind: small_vae(guide=kind, num_classes=3), "built-in")
+       for kind in ("full", "iaf", "planar")},
 }
 
 
@@ -105,4 +107,5 @@ def _rebuild_like(vae: VAE) -> VAE:
     if isinstance(vae.encoder, ConvEncoder):
         return conv_vae(vae.event_shape[-1])
     return small_vae(event_shape=vae.event_shape, likelihood=vae.likelihood.name,
-                     num_classes=vae.num_classes)
+                     num_classes=vae.num_classes, guide=vae.family.kind,
+                     flow_length=vae.family.flow_length)

@@ -49,7 +49,10 @@ loss itself; its gradient is the estimator's.
 **Conditions.** Every latent site of the guide must be reparameterizable and lie inside the
 ``"data"`` plate (one set of importance weights per data point); the model's sites too. ``stl``
 and ``dreg`` treat each latent site's distribution parameters as functions of x and φ only (a
-mean-field guide per point, as every guide of this library is).
+mean-field guide per point, as every guide of this library is), and like ``piwae`` they evaluate
+log q at a detached draw, which a flow without an inverse (planar) cannot: those combinations
+are refused; ``reparam`` with ``elbo``, ``iwae``, ``miwae`` or ``ciwae`` works with any
+reparameterized guide.
 
 References: Burda, Grosse & Salakhutdinov (2016); Rainforth et al. (2018) "Tighter variational
 bounds are not necessarily better"; Roeder, Wu & Duvenaud (2017); Tucker, Lawson, Gu & Maddison
@@ -127,6 +130,14 @@ class ImportanceWeightedELBO(ELBO):
         self.K, self.M, self.ciwae_beta = num_particles, num_groups, float(ciwae_beta)
         self.model_plates = max_plate_nesting  # Pyro's base class adds one for the particles
 
+    @property
+    def _splits_log_q(self) -> bool:
+        """Whether log q must be split into its path through the draw and its path through the
+        parameters: for STL and DReG, and for PIWAE's two targets. The plain pathwise gradient
+        of the other objectives needs the total log q only, which every reparameterized
+        distribution (flows included) provides."""
+        return self.estimator != "reparam" or self.objective == "piwae"
+
     # ------------------------------------------------------------------ traces
     def _get_trace(self, model, guide, args, kwargs):
         """Pyro's per-particle trace hook; the particles here are always vectorized
@@ -196,12 +207,25 @@ class ImportanceWeightedELBO(ELBO):
                     "latents use a score-function estimator)"
                 )
             full = fn.log_prob(z)
-            at_fixed_z = fn.log_prob(z.detach())
-            fixed_params = full - at_fixed_z + full.detach()  # value log q, z-path gradient
-            lq_fixed, _ = self._local(site, fixed_params)
-            lq_params, _ = self._local(site, at_fixed_z)
-            log_q_fixed = log_q_fixed + lq_fixed
-            log_q_params = log_q_params + lq_params
+            if not self._splits_log_q:
+                lq_full, _ = self._local(site, full)  # the plain pathwise gradient: one term
+                log_q_fixed = log_q_fixed + lq_full
+            else:
+                try:
+                    at_fixed_z = fn.log_prob(z.detach())
+                except (KeyError, NotImplementedError):
+                    raise ConfigError(
+                        f"--estimator {self.estimator}"
+                        + (" and --objective piwae" if self.objective == "piwae" else "")
+                        + f" evaluate log q at a detached draw, which guide site "
+                        f"{site['name']!r} ({type(fn).__name__}) cannot (a flow without an "
+                        "inverse); use --estimator reparam with iwae, miwae or ciwae"
+                    ) from None
+                fixed_params = full - at_fixed_z + full.detach()  # value log q, z-path grad
+                lq_fixed, _ = self._local(site, fixed_params)
+                lq_params, _ = self._local(site, at_fixed_z)
+                log_q_fixed = log_q_fixed + lq_fixed
+                log_q_params = log_q_params + lq_params
             data_dim = next(f.dim for f in site["cond_indep_stack"] if f.name == DATA_PLATE)
             latents.append((z, fn.event_dim, data_dim))
         if scale is None:
@@ -261,7 +285,7 @@ class ImportanceWeightedELBO(ELBO):
         if not torch.is_grad_enabled() or not log_w.requires_grad:
             return loss, loss
         surrogate = (coef["c_theta"] * log_w).sum()
-        if self.estimator == "reparam":
+        if self.estimator == "reparam" and self._splits_log_q:
             surrogate = surrogate - (coef["c_phi"] * parts["log_q_params"]).sum()
         ratio = coef["ratio"]
         if not bool((ratio == 1).all()):

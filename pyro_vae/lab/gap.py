@@ -78,6 +78,8 @@ def amortization_gap(
     stay ≥ 0 for a guide family richer than the diagonal Gaussian).
     """
     yy = y if vae.conditional else None
+    if guide is None and not vae.family.is_diagonal:
+        guide = vae.guide  # a richer family: L[q] and the fits' start through the guide itself
     seconds = {}
     t = time.perf_counter()
     log_px = iwae_log_likelihood(vae, x, yy, num_samples=iw_samples, guide=guide)

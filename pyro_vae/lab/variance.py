@@ -249,6 +249,11 @@ def measure_estimator(
     check_estimator(estimator, kl)
     if implementation not in IMPLEMENTATIONS:
         raise ConfigError(f"unknown implementation {implementation!r}; use explicit or pyro")
+    if implementation == "explicit" and getattr(vae, "family", None) is not None \
+            and not vae.family.is_diagonal:
+        raise ConfigError(f"the explicit estimators are written for the diagonal Gaussian; "
+                          f"this model's guide is {vae.family.kind!r}: use "
+                          "--implementation pyro")
     if guide is not None and implementation != "pyro":
         raise ConfigError("the explicit estimators are written for the built-in diagonal "
                           "Gaussian guide; measure your own guide with implementation='pyro'")

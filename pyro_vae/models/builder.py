@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pyro_vae.config import Config
+from pyro_vae.distributions.guides import GuideFamily
 from pyro_vae.distributions.likelihoods import make_likelihood
 from pyro_vae.errors import ConfigError
 from pyro_vae.models.vae import VAE
@@ -29,5 +30,7 @@ def build_vae(
         encoder = MLPEncoder(event_shape, latent, hidden, config.activation, cond_dim=cond_dim)
         decoder = MLPDecoder(event_shape, latent, hidden[::-1], config.activation,
                              likelihood.num_params, cond_dim=cond_dim)
+    family = GuideFamily(config.guide, event_shape, latent, config.flow_length,
+                         cond_dim=cond_dim)
     return VAE(encoder, decoder, likelihood, latent, event_shape, num_data=num_data,
-               num_classes=num_classes if config.conditional else None)
+               num_classes=num_classes if config.conditional else None, family=family)

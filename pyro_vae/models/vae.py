@@ -9,6 +9,9 @@ Amortized variational family (``VAE.guide``)::
 
     q_φ(z_n | x_n [, y_n]) = N(z_n; μ_φ(x_n), diag σ²_φ(x_n))              site "z"
 
+or a richer family built on it — full covariance, inverse autoregressive or planar flows
+(:mod:`pyro_vae.distributions.guides`, ``family=``).
+
 Both run inside ``pyro.plate("data", size=N, subsample=indices)``: a mini-batch of B points gets
 scale N/B, so ``Trace_ELBO`` estimates the ELBO of the whole data set,
 ``Σ_n E_q[log p(x_n|z_n)] - KL(q(z_n|x_n) ‖ p(z_n))``.
@@ -48,6 +51,7 @@ from pyro.poutine.messenger import Messenger
 from torch import nn
 from torch.distributions import constraints
 
+from pyro_vae.distributions.guides import GuideFamily
 from pyro_vae.distributions.likelihoods import Likelihood
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.nn.module import register_module, register_param
@@ -55,6 +59,7 @@ from pyro_vae.sites import (
     DATA_PLATE,
     DECODER_MODULE,
     ENCODER_MODULE,
+    GUIDE_FAMILY_MODULE,
     LATENT_SITE,
     OBS_SCALE_PARAM,
     OBS_SITE,
@@ -106,6 +111,8 @@ class VAE(nn.Module):
     :param num_data: N, the full data-set size that the plate scales mini-batches to. ``None``
         means "the batch is the data set" (no scaling).
     :param num_classes: number of label classes for a conditional VAE; ``None`` for a plain VAE.
+    :param family: the posterior family (:class:`~pyro_vae.distributions.guides.GuideFamily`);
+        default the diagonal Gaussian.
     """
 
     def __init__(
@@ -117,6 +124,7 @@ class VAE(nn.Module):
         event_shape: Sequence[int],
         num_data: int | None = None,
         num_classes: int | None = None,
+        family: GuideFamily | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -126,6 +134,8 @@ class VAE(nn.Module):
         self.event_shape = tuple(int(s) for s in event_shape)
         self.num_data = num_data
         self.num_classes = num_classes
+        self.family = family if family is not None else GuideFamily(
+            "diag", self.event_shape, self.latent_dim)
         if likelihood.learns_scale:
             self.obs_scale_unconstrained = nn.Parameter(
                 torch.tensor(float(likelihood.obs_scale)).log())
@@ -299,7 +309,8 @@ class VAE(nn.Module):
         beta: float | torch.Tensor = 1.0,
         num_points: int | None = None,
     ) -> torch.Tensor:
-        """q_φ(z | x [, y]) = N(μ_φ(x), diag σ²_φ(x)), amortized by the encoder.
+        """q_φ(z | x [, y]): N(μ_φ(x), diag σ²_φ(x)) from the encoder, or the richer family
+        built on it.
 
         ``num_points`` is accepted (and ignored) so that model and guide take the same
         arguments, as ``Predictive`` and ``SVI`` call both with the same ones.
@@ -308,17 +319,20 @@ class VAE(nn.Module):
             raise DataError("the guide q(z|x) needs data x; to generate, run the model alone "
                             "(Predictive(vae.model, num_samples=S)(None, num_points=B))")
         register_module(ENCODER_MODULE, self.encoder)
+        if not self.family.is_diagonal:
+            register_module(GUIDE_FAMILY_MODULE, self.family)
         batch = self.batch_size(x, y)
         with self.data_plate(batch, indices, observed=True):
-            loc, scale = self.encode(x, y)
+            q = self.posterior(x, y)
             with kl_scale(beta):
-                return pyro.sample(LATENT_SITE, dist.Normal(loc, scale).to_event(1))
+                return pyro.sample(LATENT_SITE, q)
 
     # ------------------------------------------------------------------ conveniences
-    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dist.Normal:
+    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None
+                  ) -> dist.TorchDistribution:
         """q_φ(z|x) as a distribution with batch shape (B,) and event shape (L,)."""
         loc, scale = self.encode(x, y)
-        return dist.Normal(loc, scale).to_event(1)
+        return self.family(loc, scale, x, self._onehot(y, x.shape[0]))
 
     def prior(self, batch: int, device: torch.device | str = "cpu") -> dist.Normal:
         """p(z) = N(0, I) with batch shape (batch,)."""
@@ -336,7 +350,8 @@ class VAE(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"latent_dim={self.latent_dim}, event_shape={self.event_shape}, "
-                f"likelihood={self.likelihood.name!r}, num_data={self.num_data}, "
+                f"likelihood={self.likelihood.name!r}, guide={self.family.kind!r}, "
+                f"num_data={self.num_data}, "
                 f"num_classes={self.num_classes}")
 
 
