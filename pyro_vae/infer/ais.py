@@ -1,0 +1,207 @@
+"""Annealed importance sampling (AIS) estimates of log p(x), and bidirectional Monte Carlo (BDMC)
+bounds that sandwich the true value on data simulated from the model.
+
+**AIS** (Neal 2001), per data point: from z_0 ~ p_0 (the prior p(z), or the guide q(z | x)),
+through the intermediate targets π_β(z) ∝ p_0(z)^{1−β} p(x, z)^{β} with 0 = β_0 < … < β_T = 1,
+
+    log w = Σ_t (β_t − β_{t−1}) [log p(x, z_{t−1}) − log p_0(z_{t−1})],
+    z_t ~ HMC step leaving π_{β_t} invariant,
+
+and E[w] = p(x): log p̂(x) = log (1/C) Σ_c w_c over C chains is a stochastic *lower* bound
+(Jensen), tight as T grows. The transitions are Hamiltonian Monte Carlo written in torch
+(``leapfrog_steps`` leapfrog steps, a Metropolis correction), batched over chains and points,
+with one step size per chain and point adapted towards an acceptance rate of 0.65 from the
+acceptances of earlier steps (so each transition still leaves its target invariant). The
+schedule is the sigmoid of Grosse et al. (2015) (δ = 4), or linear.
+
+**BDMC** (Grosse et al. 2015; Wu et al. 2017): for x simulated from the model together with its
+latent z*, z* is an exact posterior sample, so AIS run in *reverse* (β from 1 to 0, starting at
+z*) gives w_rev with E[w_rev] = 1 / p(x): −log (1/C) Σ_c w_rev,c is a stochastic *upper* bound.
+The true log p(x) lies between the forward and the reverse estimates; the sandwich width bounds
+the error of both.
+
+References: Neal (2001) "Annealed importance sampling"; Grosse, Ghahramani & Adams (2015)
+"Sandwiching the marginal likelihood using bidirectional Monte Carlo"; Wu, Burda, Salakhutdinov
+& Grosse (2017) "On the quantitative analysis of decoder-based generative models".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pyro_vae.errors import ConfigError
+from pyro_vae.models.vae import VAE, evaluating
+
+TARGET_ACCEPTANCE = 0.65
+
+
+def schedule(num_steps: int, kind: str = "sigmoid", delta: float = 4.0) -> torch.Tensor:
+    """β_0 = 0 < … < β_T = 1: ``sigmoid`` (Grosse et al. 2015) or ``linear``."""
+    if kind == "linear":
+        return torch.linspace(0.0, 1.0, num_steps + 1, dtype=torch.float64)
+    if kind != "sigmoid":
+        raise ConfigError(f"unknown AIS schedule {kind!r}; use sigmoid or linear")
+    s = torch.sigmoid(torch.linspace(-delta, delta, num_steps + 1, dtype=torch.float64))
+    return (s - s[0]) / (s[-1] - s[0])
+
+
+@dataclass
+class AISResult:
+    """Per point: the log p(x) estimate, and the effective sample size of the final weights."""
+
+    log_px: torch.Tensor
+    ess: torch.Tensor
+    acceptance: float
+
+
+class _Annealer:
+    """The pieces of one AIS run for a batch: log p(x, z), log p_0(z) and its sampler."""
+
+    def __init__(self, vae: VAE, x: torch.Tensor, y: torch.Tensor | None, proposal: str,
+                 chains: int) -> None:
+        if proposal not in ("prior", "guide"):
+            raise ConfigError(f"unknown AIS proposal {proposal!r}; use prior or guide")
+        self.vae, self.x, self.y, self.chains = vae, x, y, chains
+        b = x.shape[0]
+        self.prior = vae.prior(b, x.device)
+        self.start = self.prior if proposal == "prior" else vae.posterior(x, y)
+
+    def log_joint(self, z: torch.Tensor) -> torch.Tensor:
+        return self.prior.log_prob(z) + self.vae.observation_distribution(z, self.y).log_prob(
+            self.x)
+
+    def log_start(self, z: torch.Tensor) -> torch.Tensor:
+        return self.start.log_prob(z)
+
+    def sample_start(self) -> torch.Tensor:
+        return self.start.sample((self.chains,))
+
+    def log_target(self, z: torch.Tensor, beta: float) -> torch.Tensor:
+        return (1 - beta) * self.log_start(z) + beta * self.log_joint(z)
+
+
+def _hmc_step(annealer: _Annealer, z: torch.Tensor, beta: float, step: torch.Tensor,
+              leapfrog_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One HMC transition leaving π_β invariant, per chain and point; returns (z, accepted)."""
+
+    def potential_and_grad(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        v = v.detach().requires_grad_(True)
+        u = -annealer.log_target(v, beta)
+        (g,) = torch.autograd.grad(u.sum(), v)
+        return u.detach(), g
+
+    eps = step.unsqueeze(-1)
+    p0 = torch.randn_like(z)
+    u0, g = potential_and_grad(z)
+    q, p = z, p0 - 0.5 * eps * g
+    for i in range(leapfrog_steps):
+        q = q + eps * p
+        u1, g = potential_and_grad(q)
+        if i < leapfrog_steps - 1:
+            p = p - eps * g
+    p = p - 0.5 * eps * g
+    log_accept = (u0 + 0.5 * (p0 ** 2).sum(-1)) - (u1 + 0.5 * (p ** 2).sum(-1))
+    accept = torch.log(torch.rand_like(log_accept)) < torch.nan_to_num(log_accept, nan=-math.inf)
+    return torch.where(accept.unsqueeze(-1), q, z).detach(), accept
+
+
+def _anneal(annealer: _Annealer, z: torch.Tensor, betas: torch.Tensor, leapfrog_steps: int,
+            step_size: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Run the chain through ``betas`` from ``z``; returns (log w, final z, acceptance rate)."""
+    log_w = torch.zeros(z.shape[:-1], dtype=torch.float64, device=z.device)
+    step = torch.full(z.shape[:-1], step_size, device=z.device)
+    accepted = 0.0
+    for t in range(1, len(betas)):
+        b0, b1 = float(betas[t - 1]), float(betas[t])
+        with torch.no_grad():
+            log_w += (b1 - b0) * (annealer.log_joint(z) - annealer.log_start(z)).double()
+        z, acc = _hmc_step(annealer, z, b1, step, leapfrog_steps)
+        step = step * torch.where(acc.float().mean(0, keepdim=True).expand_as(step)
+                                  > TARGET_ACCEPTANCE, 1.02, 0.98)
+        accepted += float(acc.float().mean())
+    return log_w, z, accepted / max(1, len(betas) - 1)
+
+
+def _check(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be an integer ≥ 1, got {value!r}")
+
+
+def ais_log_likelihood(
+    vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, num_steps: int = 500,
+    num_chains: int = 16, leapfrog_steps: int = 10, step_size: float = 0.1,
+    proposal: str = "prior", schedule_kind: str = "sigmoid", batch_size: int = 100,
+) -> AISResult:
+    """AIS estimate of log p(x) per point of ``x`` (module docstring)."""
+    for name, value in (("num_steps", num_steps), ("num_chains", num_chains),
+                        ("leapfrog_steps", leapfrog_steps), ("batch_size", batch_size)):
+        _check(name, value)
+    betas = schedule(num_steps, schedule_kind)
+    y = y if vae.conditional else None
+    out, ess, acc = [], [], []
+    frozen = [p for p in vae.parameters() if p.requires_grad]
+    with evaluating(vae), torch.enable_grad():
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            for start in range(0, x.shape[0], batch_size):
+                xb = x[start:start + batch_size]
+                yb = None if y is None else y[start:start + batch_size]
+                annealer = _Annealer(vae, xb, yb, proposal, num_chains)
+                with torch.no_grad():
+                    z0 = annealer.sample_start()
+                log_w, _, a = _anneal(annealer, z0, betas, leapfrog_steps, step_size)
+                out.append((torch.logsumexp(log_w, 0) - math.log(num_chains)).float())
+                w = torch.softmax(log_w, 0)
+                ess.append((1.0 / (w ** 2).sum(0)).float())
+                acc.append(a)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+    return AISResult(torch.cat(out), torch.cat(ess), sum(acc) / len(acc))
+
+
+@dataclass
+class Sandwich:
+    """BDMC on simulated data: per point the forward (lower) and reverse (upper) estimates."""
+
+    lower: torch.Tensor
+    upper: torch.Tensor
+    x: torch.Tensor
+    z: torch.Tensor
+
+    @property
+    def width(self) -> torch.Tensor:
+        return self.upper - self.lower
+
+
+def bdmc(vae: VAE, num_points: int = 16, num_steps: int = 500, num_chains: int = 16,
+         leapfrog_steps: int = 10, step_size: float = 0.1, schedule_kind: str = "sigmoid",
+         y: torch.Tensor | None = None) -> Sandwich:
+    """Simulate (z*, x) from the model, then forward AIS (lower bound) and reverse AIS from z*
+    (upper bound) on the same x."""
+    _check("num_points", num_points)
+    betas = schedule(num_steps, schedule_kind)
+    frozen = [p for p in vae.parameters() if p.requires_grad]
+    with evaluating(vae):
+        z_star = vae.prior(num_points, vae.device).sample()
+        x = vae.observation_distribution(z_star, y).sample()
+    lower = ais_log_likelihood(vae, x, y, num_steps, num_chains, leapfrog_steps, step_size,
+                               "prior", schedule_kind, batch_size=num_points).log_px
+    with evaluating(vae), torch.enable_grad():
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            annealer = _Annealer(vae, x, y if vae.conditional else None, "prior", num_chains)
+            z = z_star.expand(num_chains, *z_star.shape).clone()
+            log_w, _, _ = _anneal(annealer, z, betas.flip(0), leapfrog_steps, step_size)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+    # reversed, the increments are (β_{t−1} − β_t) f(z) with f = log p(x, z) − log p_0(z)
+    upper = -(torch.logsumexp(log_w, 0) - math.log(num_chains)).float()
+    return Sandwich(lower, upper, x, z_star)
