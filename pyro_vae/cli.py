@@ -236,6 +236,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         ll = Estimate.of(ais_log_likelihood(run.vae, x, y, num_steps=args.ais_steps,
                                             num_chains=args.ais_chains,
+                                            proposal=args.ais_proposal,
                                             batch_size=args.batch_size).log_px)
     else:
         ll = Estimate.of(iwae_log_likelihood(run.vae, x, y, num_samples=args.iw_samples,
@@ -516,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="intermediate distributions T of --method ais (default %(default)s)")
     p.add_argument("--ais-chains", type=_count, default=16,
                    help="chains per point of --method ais (default %(default)s)")
+    p.add_argument("--ais-proposal", choices=("prior", "guide"), default="prior",
+                   help="where --method ais starts: the prior p(z), or the guide q(z|x) "
+                   "(default %(default)s)")
     p.add_argument("--device", default=_DEFAULT.device, help="cpu, cuda, cuda:N or auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_evaluate)

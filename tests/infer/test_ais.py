@@ -64,3 +64,5 @@ def test_evaluate_by_ais_from_the_command_line(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["method"] == "ais" and result["seconds_per_point"] > 0
     assert result["test_log_likelihood"] > result["test_elbo"] - 1.0
+    assert cli_main(["evaluate", str(tmp_path / "run"), "--method", "ais", "--ais-steps", "10",
+                     "--ais-chains", "2", "--max-points", "4", "--ais-proposal", "guide"]) == 0
