@@ -45,6 +45,7 @@ from pyro_vae.config import Config
 from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.models.builder import build_vae
 from pyro_vae.models.vae import VAE
+from pyro_vae.nn.module import module_of
 
 FORMAT = "pyro-vae-checkpoint"
 FORMAT_VERSION = 3
@@ -160,8 +161,7 @@ def _constraint_name(constraint: constraints.Constraint, param: str) -> str:
 def guide_module(guide: Any) -> nn.Module | None:
     """The ``nn.Module`` that owns a guide (the guide itself, or the module of a bound method),
     or ``None``."""
-    owner = getattr(guide, "__self__", guide)
-    return owner if isinstance(owner, nn.Module) else None
+    return module_of(guide)
 
 
 def _store_params(vae: nn.Module, guide: Any) -> dict[str, torch.Tensor]:

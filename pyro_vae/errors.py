@@ -25,6 +25,13 @@ class ConfigError(PyroVAEError, ValueError):
     """An option has an unknown or out-of-range value."""
 
 
+def check_count(name: str, value: object) -> int:
+    """``value`` if it is an integer ≥ 1 (not a bool), else :class:`ConfigError`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be an integer ≥ 1, got {value!r}")
+    return value
+
+
 class DataError(PyroVAEError, ValueError):
     """The data cannot be used: NaN/inf, wrong shape, empty, or outside a likelihood's support."""
 

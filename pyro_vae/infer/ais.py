@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from pyro_vae.errors import ConfigError
-from pyro_vae.models.vae import VAE, evaluating
+from pyro_vae.errors import ConfigError, check_count
+from pyro_vae.models.vae import VAE, evaluating, frozen
 
 TARGET_ACCEPTANCE = 0.65
 
@@ -126,11 +125,6 @@ def _anneal(annealer: _Annealer, z: torch.Tensor, betas: torch.Tensor, leapfrog_
     return log_w, z, accepted / max(1, len(betas) - 1)
 
 
-def _check(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be an integer ≥ 1, got {value!r}")
-
-
 def ais_log_likelihood(
     vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, num_steps: int = 500,
     num_chains: int = 16, leapfrog_steps: int = 10, step_size: float = 0.1,
@@ -139,29 +133,22 @@ def ais_log_likelihood(
     """AIS estimate of log p(x) per point of ``x`` (module docstring)."""
     for name, value in (("num_steps", num_steps), ("num_chains", num_chains),
                         ("leapfrog_steps", leapfrog_steps), ("batch_size", batch_size)):
-        _check(name, value)
+        check_count(name, value)
     betas = schedule(num_steps, schedule_kind)
     y = y if vae.conditional else None
     out, ess, acc = [], [], []
-    frozen = [p for p in vae.parameters() if p.requires_grad]
-    with evaluating(vae), torch.enable_grad():
-        for p in frozen:
-            p.requires_grad_(False)
-        try:
-            for start in range(0, x.shape[0], batch_size):
-                xb = x[start:start + batch_size]
-                yb = None if y is None else y[start:start + batch_size]
-                annealer = _Annealer(vae, xb, yb, proposal, num_chains)
-                with torch.no_grad():
-                    z0 = annealer.sample_start()
-                log_w, _, a = _anneal(annealer, z0, betas, leapfrog_steps, step_size)
-                out.append((torch.logsumexp(log_w, 0) - math.log(num_chains)).float())
-                w = torch.softmax(log_w, 0)
-                ess.append((1.0 / (w ** 2).sum(0)).float())
-                acc.append(a)
-        finally:
-            for p in frozen:
-                p.requires_grad_(True)
+    with frozen(vae):
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start:start + batch_size]
+            yb = None if y is None else y[start:start + batch_size]
+            annealer = _Annealer(vae, xb, yb, proposal, num_chains)
+            with torch.no_grad():
+                z0 = annealer.sample_start()
+            log_w, _, a = _anneal(annealer, z0, betas, leapfrog_steps, step_size)
+            out.append((torch.logsumexp(log_w, 0) - math.log(num_chains)).float())
+            w = torch.softmax(log_w, 0)
+            ess.append((1.0 / (w ** 2).sum(0)).float())
+            acc.append(a)
     return AISResult(torch.cat(out), torch.cat(ess), sum(acc) / len(acc))
 
 
@@ -184,24 +171,17 @@ def bdmc(vae: VAE, num_points: int = 16, num_steps: int = 500, num_chains: int =
          y: torch.Tensor | None = None) -> Sandwich:
     """Simulate (z*, x) from the model, then forward AIS (lower bound) and reverse AIS from z*
     (upper bound) on the same x."""
-    _check("num_points", num_points)
+    check_count("num_points", num_points)
     betas = schedule(num_steps, schedule_kind)
-    frozen = [p for p in vae.parameters() if p.requires_grad]
     with evaluating(vae):
         z_star = vae.prior(num_points, vae.device).sample()
         x = vae.observation_distribution(z_star, y).sample()
     lower = ais_log_likelihood(vae, x, y, num_steps, num_chains, leapfrog_steps, step_size,
                                "prior", schedule_kind, batch_size=num_points).log_px
-    with evaluating(vae), torch.enable_grad():
-        for p in frozen:
-            p.requires_grad_(False)
-        try:
-            annealer = _Annealer(vae, x, y if vae.conditional else None, "prior", num_chains)
-            z = z_star.expand(num_chains, *z_star.shape).clone()
-            log_w, _, _ = _anneal(annealer, z, betas.flip(0), leapfrog_steps, step_size)
-        finally:
-            for p in frozen:
-                p.requires_grad_(True)
+    with frozen(vae):
+        annealer = _Annealer(vae, x, y if vae.conditional else None, "prior", num_chains)
+        z = z_star.expand(num_chains, *z_star.shape).clone()
+        log_w, _, _ = _anneal(annealer, z, betas.flip(0), leapfrog_steps, step_size)
     # reversed, the increments are (β_{t−1} − β_t) f(z) with f = log p(x, z) − log p_0(z)
     upper = -(torch.logsumexp(log_w, 0) - math.log(num_chains)).float()
     return Sandwich(lower, upper, x, z_star)

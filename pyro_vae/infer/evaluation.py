@@ -36,8 +36,9 @@ from pyro import poutine
 from torch.distributions import kl_divergence
 
 from pyro_vae.data.datasets import DataSet, validate_arrays
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import check_count
 from pyro_vae.models.vae import VAE, evaluating
+from pyro_vae.nn.module import module_of
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,8 @@ def _guide_of(vae: Any, guide: Callable[..., Any] | None) -> Callable[..., Any]:
 def _owners(vae: Any, guide: Callable[..., Any] | None) -> tuple[Any, ...]:
     """The modules whose train/eval mode evaluation sets: the model's, and the guide's (a
     module, or a bound method of one)."""
-    owner = getattr(guide, "__self__", guide)
-    return (vae, owner) if owner is not vae else (vae,)
+    owner = module_of(guide)
+    return (vae, owner) if owner is not None and owner is not vae else (vae,)
 
 
 def _site_log_probs(trace: poutine.Trace, observed: bool) -> dict[str, torch.Tensor]:
@@ -152,8 +153,7 @@ def check_inputs(vae: Any, x: torch.Tensor, y: torch.Tensor | None = None,
     a count (samples, batch size) below 1. Shape and support are checked where the model says
     what they are (``check_shape``, ``likelihood``)."""
     for name, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be an integer ≥ 1, got {value!r}")
+        check_count(name, value)
     validate_arrays(x, y, "the data to evaluate")
     if hasattr(vae, "check_shape"):
         vae.check_shape(x)

@@ -72,7 +72,7 @@ from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import site_is_subsample
 from pyro.util import check_model_guide_match, warn_if_nan
 
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, check_count
 from pyro_vae.sites import DATA_PLATE
 
 OBJECTIVES = ("elbo", "iwae", "miwae", "ciwae", "piwae")
@@ -86,12 +86,6 @@ NEGLIGIBLE_WEIGHT = 1e-20
 
 def _flush(t: torch.Tensor) -> torch.Tensor:
     return torch.where(t < NEGLIGIBLE_WEIGHT, torch.zeros_like(t), t)
-
-
-def _count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be an integer ≥ 1, got {value!r}")
-    return value
 
 
 class ImportanceWeightedELBO(ELBO):
@@ -117,8 +111,8 @@ class ImportanceWeightedELBO(ELBO):
         if estimator not in IW_ESTIMATORS:
             raise ConfigError(f"unknown estimator {estimator!r} for an importance-weighted "
                               f"objective; choose one of: {', '.join(IW_ESTIMATORS)}")
-        _count("num_particles", num_particles)
-        _count("num_groups", num_groups)
+        check_count("num_particles", num_particles)
+        check_count("num_groups", num_groups)
         if num_groups > 1 and objective not in ("miwae", "piwae", "elbo"):
             raise ConfigError(f"--num-groups applies to miwae, piwae (and elbo), not {objective}; "
                               "drop it or choose --objective miwae")

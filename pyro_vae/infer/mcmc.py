@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from pyro.infer import MCMC, NUTS
 
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import check_count
+from pyro_vae.models.vae import frozen
 from pyro_vae.sites import LATENT_SITE
 
 
@@ -28,23 +29,12 @@ def nuts_posterior(vae: Any, x: torch.Tensor, y: torch.Tensor | None = None,
     The global random state is left as it was (the chain runs on a forked generator seeded
     with ``seed``).
     """
-    for name, value in (("num_samples", num_samples), ("warmup_steps", warmup_steps)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be an integer ≥ 1, got {value!r}")
-    frozen = [p for p in vae.parameters() if p.requires_grad]
-    was_training = vae.training
-    vae.eval()
+    check_count("num_samples", num_samples)
+    check_count("warmup_steps", warmup_steps)
     devices = [x.device] if x.device.type == "cuda" else []
-    try:
-        for p in frozen:
-            p.requires_grad_(False)
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            mcmc = MCMC(NUTS(vae.local_model, **nuts_options), num_samples=num_samples,
-                        warmup_steps=warmup_steps, disable_progbar=not progress)
-            mcmc.run(x, y)
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-        vae.train(was_training)
+    with frozen(vae), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        mcmc = MCMC(NUTS(vae.local_model, **nuts_options), num_samples=num_samples,
+                    warmup_steps=warmup_steps, disable_progbar=not progress)
+        mcmc.run(x, y)
     return mcmc.get_samples()[LATENT_SITE].detach()

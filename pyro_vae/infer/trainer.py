@@ -102,17 +102,10 @@ def trainable_params(model: Callable[..., Any], guide: Callable[..., Any], x: to
     """
     idx = torch.arange(x.shape[0], device=x.device)
     devices = [x.device] if x.device.type == "cuda" else []
-    modes = [(sub, sub.training) for m in owners for sub in m.modules()]
-    for m in owners:
-        m.eval()
-    try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad(), \
-                poutine.trace(param_only=True) as capture:
-            guide(x, y, idx)
-            model(x, y, idx)
-    finally:
-        for sub, mode in modes:
-            sub.training = mode
+    with evaluating(*owners), torch.random.fork_rng(devices=devices), \
+            poutine.trace(param_only=True) as capture:
+        guide(x, y, idx)
+        model(x, y, idx)
     found = {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
     return dict(sorted(found.items()))
 

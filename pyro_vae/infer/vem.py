@@ -44,6 +44,7 @@ from torch.distributions import constraints, kl_divergence
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer.elbo import make_elbo
 from pyro_vae.models.vae import VAE, evaluating, kl_scale
+from pyro_vae.nn.module import module_of
 from pyro_vae.sites import LATENT_SITE
 
 
@@ -217,7 +218,7 @@ def guide_moments(vae: VAE, guide: Any, x: torch.Tensor, y: torch.Tensor | None 
                   num_samples: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation per point of ``num_samples`` draws of z from any ``guide``
     (the diagonal Gaussian that matches its first two moments), each ``(B, L)``."""
-    with evaluating(vae, getattr(guide, "__self__", guide)), \
+    with evaluating(vae, *filter(None, [module_of(guide)])), \
             pyro.plate("moment_particles", num_samples, dim=-2):
         z = poutine.trace(guide).get_trace(x, y).nodes[LATENT_SITE]["value"]
     z = z.expand(num_samples, x.shape[0], vae.latent_dim)

@@ -27,6 +27,7 @@ import torch
 from pyro_vae.infer.evaluation import elbo_terms, iwae_log_likelihood
 from pyro_vae.infer.vem import fit_local, gaussian_elbo
 from pyro_vae.models.vae import VAE, evaluating
+from pyro_vae.nn.module import module_of
 
 
 @dataclass
@@ -124,7 +125,7 @@ def amortization_gap(
         if guide is None:
             e_q = elbo_of(loc, scale)
         else:
-            with evaluating(getattr(guide, "__self__", guide)):
+            with evaluating(*filter(None, [module_of(guide)])):
                 e_q = torch.cat([elbo_terms(vae, x[c], None if yy is None else yy[c],
                                             eval_samples, guide)["elbo"] for c in chunks])
         e_enc = elbo_of(from_enc.loc, from_enc.scale)

@@ -114,7 +114,7 @@ def measure_snr(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, objective: st
         vae.num_data = num_data
         vae.train(was_training)
     return SNRPoint(objective, estimator, num_particles, num_groups, repeats, seconds,
-                    {g: GroupStats.of_moments_debiased(m) for g, m in moments.items()})
+                    {g: GroupStats.of_moments(m, debiased=True) for g, m in moments.items()})
 
 
 def fit_slope(points: list[SNRPoint], estimator: str, group: str) -> Slope:

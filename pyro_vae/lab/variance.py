@@ -33,7 +33,6 @@ from typing import Any
 
 import pyro
 import torch
-from torch import nn
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer.estimators import (
@@ -49,6 +48,7 @@ from pyro_vae.infer.estimators import (
 )
 from pyro_vae.lab import reporting
 from pyro_vae.models.vae import VAE
+from pyro_vae.nn.module import module_of
 
 IMPLEMENTATIONS = ("explicit", "pyro")
 #: The decaying average (β = 0.9) forgets its zero start within ~50 updates.
@@ -61,8 +61,8 @@ def parameter_groups(vae: VAE, guide: Callable[..., Any] | None = None
                      ) -> dict[str, list[torch.Tensor]]:
     """The parameters whose gradients the lab measures: φ (the encoder, or the module of a
     user's ``guide``) and θ (the decoder)."""
-    owner = getattr(guide, "__self__", guide)
-    phi = list(owner.parameters()) if isinstance(owner, nn.Module) and owner is not vae \
+    owner = module_of(guide)
+    phi = list(owner.parameters()) if owner is not None and owner is not vae \
         else list(vae.encoder.parameters())
     return {"encoder": phi, "decoder": list(vae.decoder.parameters())}
 
@@ -183,22 +183,19 @@ class GroupStats:
                    float(snr.median()), float(mean.norm()), int(mean.shape[0]))
 
     @classmethod
-    def of_moments(cls, moments: GradientMoments) -> GroupStats:
-        """With the jackknife standard errors of the total variance and the mean SNR."""
-        stats = cls.of(*moments.mean_and_variance())
-        stats.total_variance_se = moments.statistic(lambda m, v: v.sum())[1]
-        stats.snr_mean_se = moments.statistic(snr_mean)[1]
-        return stats
-
-    @classmethod
-    def of_moments_debiased(cls, moments: GradientMoments) -> GroupStats:
-        """As :meth:`of_moments`, with the mean SNR corrected for the noise of the sample mean
-        (:func:`snr_mean` with ``draws``), as the SNR lab reports it for small SNRs."""
-        stats = cls.of_moments(moments)
+    def of_moments(cls, moments: GradientMoments, debiased: bool = False) -> GroupStats:
+        """With the jackknife standard errors of the total variance and the mean SNR;
+        ``debiased``: the mean SNR corrected for the noise of the sample mean (:func:`snr_mean`
+        with ``draws``), as the SNR lab reports it for small SNRs."""
         mean, var = moments.mean_and_variance()
+        stats = cls.of(mean, var)
+        stats.total_variance_se = moments.statistic(lambda m, v: v.sum())[1]
+        if not debiased:
+            stats.snr_mean_se = moments.statistic(snr_mean)[1]
+            return stats
         stats.snr_mean = float(snr_mean(mean, var, moments.draws))
-        stats.snr_mean_se = moments.statistic(
-            lambda m, v: snr_mean(m, v, round(moments.draws * (1 - 1 / moments.num_batches))))[1]
+        kept = round(moments.draws * (1 - 1 / moments.num_batches))  # draws of a leave-out
+        stats.snr_mean_se = moments.statistic(lambda m, v: snr_mean(m, v, kept))[1]
         return stats
 
 

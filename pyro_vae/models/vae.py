@@ -53,7 +53,7 @@ from torch.distributions import constraints
 
 from pyro_vae.distributions.guides import GuideFamily
 from pyro_vae.distributions.likelihoods import Likelihood
-from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.errors import ConfigError, DataError, check_count
 from pyro_vae.nn.module import register_module, register_param
 from pyro_vae.sites import (
     DATA_PLATE,
@@ -214,10 +214,7 @@ class VAE(nn.Module):
         if y is not None:
             return y.shape[0]
         if num_points is not None:
-            if isinstance(num_points, bool) or not isinstance(num_points, int) \
-                    or num_points < 1:
-                raise ConfigError(f"num_points must be an integer ≥ 1, got {num_points!r}")
-            return num_points
+            return check_count("num_points", num_points)
         return 1
 
     def encode(
@@ -353,6 +350,26 @@ class VAE(nn.Module):
                 f"likelihood={self.likelihood.name!r}, guide={self.family.kind!r}, "
                 f"num_data={self.num_data}, "
                 f"num_classes={self.num_classes}")
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module):
+    """Eval mode, and every trainable parameter of ``modules`` with ``requires_grad`` off (so
+    that gradients flow to the latent code only, as MCMC and AIS need); both restored after."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    modes = [[(sub, sub.training) for sub in m.modules()] for m in modules]
+    for m in modules:
+        m.eval()
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+        for saved in modes:
+            for sub, mode in saved:
+                sub.training = mode
 
 
 @contextlib.contextmanager

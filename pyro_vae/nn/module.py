@@ -85,6 +85,13 @@ def register_param(name: str, unconstrained: torch.Tensor,
                       constraint=constraint)
 
 
+def module_of(fn: object) -> nn.Module | None:
+    """The ``nn.Module`` behind a model or guide: the object itself, or the module a bound
+    method belongs to; ``None`` for a plain function."""
+    owner = getattr(fn, "__self__", fn)
+    return owner if isinstance(owner, nn.Module) else None
+
+
 def module_param_names(name: str, module: nn.Module) -> list[str]:
     """The param-store names ``pyro.module(name, module)`` uses for ``module``'s parameters."""
     return [param_with_module_name(name, p) for p, _ in module.named_parameters()]
