@@ -36,7 +36,12 @@ from pyro_vae.errors import (
 )
 from pyro_vae.infer.annealing import KLSchedule
 from pyro_vae.infer.elbo import make_elbo
-from pyro_vae.infer.evaluation import elbo_terms, evaluate_elbo, iwae_log_likelihood
+from pyro_vae.infer.evaluation import (
+    elbo_terms,
+    evaluate_elbo,
+    iwae_log_likelihood,
+    quadrature_log_likelihood,
+)
 from pyro_vae.infer.mcmc import nuts_posterior
 from pyro_vae.infer.predictive import posterior_predictive, prior_predictive
 from pyro_vae.infer.trainer import ModelGuide, Trainer
@@ -87,6 +92,7 @@ __all__ = [
     "posterior_predictive",
     "prepare_data",
     "prior_predictive",
+    "quadrature_log_likelihood",
     "register_module",
     "register_param",
     "save",

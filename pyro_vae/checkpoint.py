@@ -5,8 +5,10 @@ A checkpoint is a dict of tensors and plain Python values (loadable with
 ``torch.load(weights_only=True)``, so no pickled code runs on load):
 
 =====================  =====================================================================
-``format``             ``"pyro-vae-checkpoint"``; ``format_version`` its layout version (3;
-                       version 2 files, with ``modules`` instead of ``model``, are read too)
+``format``             ``"pyro-vae-checkpoint"``; ``format_version`` its layout version (4;
+                       versions 3 and 2 — 2 with ``modules`` instead of ``model`` — are
+                       read too, without the checksum)
+``checksum``           SHA-256 of everything else (:func:`payload_digest`), verified on load
 ``config``             the resolved :class:`~pyro_vae.config.Config` as a dict, or ``None``
                        for a hand-built model (then :func:`load` needs the model object)
 ``data``               ``event_shape``, ``num_data``, ``num_classes`` of the training data
@@ -23,11 +25,15 @@ A checkpoint is a dict of tensors and plain Python values (loadable with
 
 Writing goes to a temporary file in the same folder, which is flushed, fsync'ed and then renamed
 over the old checkpoint (``os.replace`` is atomic): a crash at any moment leaves either the old
-or the new checkpoint, never a broken one.
+or the new checkpoint, never a broken one. Reading verifies the checksum (torch's zip reader
+does not check the archive's CRCs, so a flipped byte inside a tensor used to load as a wrong
+number) and the type of every field, each failure a one-line :class:`CheckpointError`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 import pickle
 import random
@@ -48,9 +54,9 @@ from pyro_vae.models.vae import VAE
 from pyro_vae.nn.module import module_of
 
 FORMAT = "pyro-vae-checkpoint"
-FORMAT_VERSION = 3
-#: Older layouts this version still reads.
-READABLE_VERSIONS = (2, 3)
+FORMAT_VERSION = 4
+#: Older layouts this version still reads (without a checksum to verify).
+READABLE_VERSIONS = (2, 3, 4)
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
@@ -76,11 +82,39 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
+def payload_digest(payload: Any) -> str:
+    """SHA-256 over a payload's structure and content: dict keys in sorted order, every
+    tensor's dtype, shape and bytes, and every other value's type and ``repr``."""
+    h = hashlib.sha256()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(value, dict):
+            h.update(f"D{len(value)}".encode())
+            for key in sorted(value, key=repr):
+                h.update(repr(key).encode())
+                walk(value[key])
+        elif isinstance(value, (list, tuple)):
+            h.update(f"{type(value).__name__[0]}{len(value)}".encode())
+            for item in value:
+                walk(item)
+        else:
+            h.update(f"{type(value).__name__}:{value!r}".encode())
+
+    walk(payload)
+    return h.hexdigest()
+
+
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
-    """Write ``payload`` to ``path`` atomically (temporary file, fsync, rename)."""
+    """Write ``payload`` to ``path`` atomically (temporary file, fsync, rename), with its
+    checksum."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
+    payload["checksum"] = payload_digest(payload)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -124,18 +158,75 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{CHECKPOINT_NAME} that 'pyro-vae train' wrote"
         )
     version = payload.get("format_version")
+    if version not in READABLE_VERSIONS:
+        raise CheckpointError(
+            f"{path} has checkpoint format {version!r}, this pyro-vae reads formats "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; use the pyro-vae version that wrote it, "
+            "or re-train"
+        )
+    if version >= 4:
+        stored = payload.pop("checksum", None)
+        if stored != payload_digest(payload):
+            raise CheckpointError(
+                f"{path} is corrupt: its content does not match its checksum (a damaged or "
+                "edited file); restore it from a backup or re-train")
     if version == 2:
         payload = _upgrade_v2(payload)
-    elif version != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint format {version}, this pyro-vae reads format "
-            f"{FORMAT_VERSION}; use the pyro-vae version that wrote it, or re-train"
-        )
     missing = [k for k in ("config", "data", "epoch", "model", "params", "optimizer", "rng",
                            "history") if k not in payload]
     if missing:
         raise CheckpointError(f"{path} lacks {missing}: it is damaged; delete it and re-train")
+    check_payload_fields(payload, path)
     return payload
+
+
+def check_payload_fields(payload: dict[str, Any], path: str | Path) -> None:
+    """Raise :class:`CheckpointError` naming the first field of the wrong type or value."""
+
+    def bad(field: str, want: str) -> CheckpointError:
+        got = payload.get(field) if "." not in field else None
+        shown = f" (got {type(got).__name__})" if "." not in field else ""
+        return CheckpointError(f"{path} is damaged: its field {field!r} should be {want}"
+                               f"{shown}; restore it from a backup or re-train")
+
+    def is_count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    for field in ("epoch", "global_step"):
+        if field in payload and not is_count(payload[field]):
+            raise bad(field, "an integer ≥ 0")
+    if payload["config"] is not None and not isinstance(payload["config"], dict):
+        raise bad("config", "a dict or None")
+    data = payload["data"]
+    if not isinstance(data, dict):
+        raise bad("data", "a dict")
+    shape = data.get("event_shape")
+    if not isinstance(shape, (list, tuple)) or not all(is_count(d) and d > 0 for d in shape):
+        raise bad("data.event_shape", "a list of positive integers")
+    for key in ("num_data", "num_classes"):
+        if data.get(key) is not None and not (is_count(data[key]) and data[key] > 0):
+            raise bad(f"data.{key}", "a positive integer or None")
+    for field in ("model", "params"):
+        value = payload[field]
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(
+                v, torch.Tensor) for k, v in value.items()):
+            raise bad(field, "a dict of tensors by name")
+    if payload.get("guide") is not None and not isinstance(payload["guide"], dict):
+        raise bad("guide", "a dict of tensors or None")
+    history = payload["history"]
+    if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
+        raise bad("history", "a list of per-epoch dicts")
+    for row in history:
+        if not all(isinstance(v, (int, float, str, type(None))) for v in row.values()):
+            raise bad("history", "a list of dicts of numbers")
+        epoch = row.get("epoch")
+        if epoch is not None and not (is_count(epoch) or (isinstance(epoch, float)
+                                                          and math.isfinite(epoch))):
+            raise bad("history", "a list of dicts whose 'epoch' is a count")
+    if payload["optimizer"] is not None and not isinstance(payload["optimizer"], dict):
+        raise bad("optimizer", "a dict or None")
+    if not isinstance(payload["rng"], dict):
+        raise bad("rng", "a dict of generator states")
 
 
 # --------------------------------------------------------------------------- the payload

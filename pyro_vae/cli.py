@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from pyro_vae.config import (
@@ -51,6 +53,14 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
+def _nonnegative(text: str) -> int:
+    """An integer ≥ 0 (a number of warm-up steps, say)."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}")
+    return value
+
+
 def _count(text: str) -> int:
     """An integer ≥ 1 (a number of samples, points, steps or repeats)."""
     value = _int(text)
@@ -63,9 +73,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default=_DEFAULT.dataset, choices=DATASETS,
                    help="data set (default %(default)s: scikit-learn's 8x8 digits, embedded)")
-    d.add_argument("--data", help="path of a .npy/.npz/.csv file or image folder "
+    d.add_argument("--data", type=_path, help="path of a .npy/.npz/.csv file or image folder "
                    "(with --dataset file)")
-    d.add_argument("--data-root", help="folder holding torchvision data sets (default: "
+    d.add_argument("--data-root", type=_path,
+                   help="folder holding torchvision data sets (default: "
                    "$PYRO_VAE_DATA or ~/.cache/pyro-vae; Debian's Fashion-MNIST is found "
                    "automatically)")
     d.add_argument("--download", action="store_true",
@@ -172,7 +183,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="write the checkpoint every N epochs (default %(default)s)")
     r.add_argument("--skip-nonfinite", action="store_true",
                    help="skip steps whose loss or gradient is NaN/inf instead of stopping")
-    r.add_argument("--out", help="run folder (default runs/DATASET, or runs/DATASET-N if taken)")
+    r.add_argument("--out", type=_path,
+                   help="run folder (default runs/DATASET, or runs/DATASET-N if taken)")
     r.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -199,7 +211,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = _config_from_args(args)
     if args.resume and not args.out:
-        raise ConfigError("--resume needs --out RUN_FOLDER, the run to continue")
+        raise ConfigError("--resume needs --out RUN_FOLDER, the run to continue; add --out RUN")
     out = Path(args.out) if args.out else _default_out(args.dataset)
     start = time.perf_counter()
     result = train_run(config, out, resume=args.resume, progress=not args.no_progress,
@@ -221,7 +233,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pyro_vae.runs import load_run
 
     if args.iw_samples < 1:
-        raise ConfigError(f"--iw-samples must be ≥ 1, got {args.iw_samples}")
+        raise ConfigError(f"--iw-samples must be ≥ 1, got {args.iw_samples}; "
+                          "e.g. --iw-samples 1000")
     run = load_run(args.run, device=args.device)
     x, y = run.data.x_test, run.data.y_test
     if args.max_points is not None:
@@ -234,8 +247,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.method == "ais":
         from pyro_vae.infer.ais import ais_log_likelihood
 
+        if args.ais_steps < 1:
+            raise ConfigError(f"--ais-steps must be ≥ 1 for --method ais, got {args.ais_steps}; "
+                              "e.g. 2000")
         ll = Estimate.of(ais_log_likelihood(run.vae, x, y, num_steps=args.ais_steps,
                                             num_chains=args.ais_chains,
+                                            leapfrog_steps=args.ais_leapfrog,
                                             proposal=args.ais_proposal,
                                             batch_size=args.batch_size).log_px)
     else:
@@ -255,6 +272,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "seconds": t_elbo + t_ll,
         "iw_samples_per_second": args.iw_samples * x.shape[0] / max(t_ll, 1e-9),
     }
+    folder = Path(args.run).parent if Path(args.run).is_file() else Path(args.run)
+    tmp = folder / f".evaluation.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, folder / "evaluation.json")  # what `pyro-vae compare` shows
     if args.json:
         print(json.dumps(result))
     else:
@@ -283,14 +304,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from pyro_vae.runs import load_run
 
     if args.num < 1:
-        raise ConfigError(f"--num must be ≥ 1, got {args.num}")
+        raise ConfigError(f"--num must be ≥ 1, got {args.num}; e.g. --num 64")
     run = load_run(args.run, device=args.device, load_data=False)
     torch.manual_seed(args.seed)
     y = None
     if run.vae.conditional:
         label = args.label if args.label is not None else 0
         if not 0 <= label < run.vae.num_classes:
-            raise ConfigError(f"--label must be in [0, {run.vae.num_classes}), got {label}")
+            raise ConfigError(f"--label must be in [0, {run.vae.num_classes}), got {label}; "
+                              "pick a class index")
         y = torch.full((args.num,), label, dtype=torch.long, device=run.device)
     elif args.label is not None:
         raise ConfigError("--label needs a conditional model (trained with --conditional); "
@@ -299,6 +321,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if out.suffix.lower() not in SAMPLE_FORMATS:
         raise ConfigError(f"--out {out} has an unknown extension; use one of "
                           f"{', '.join(SAMPLE_FORMATS)}")
+    from pyro_vae.resources import FLOAT_BYTES, check_memory, per_sample_elements
+
+    check_memory(f"--num {args.num} samples", args.num * per_sample_elements(run.vae)
+                 * FLOAT_BYTES * 2, "lower --num")
     samples = prior_samples(run.vae, args.num, y).cpu()
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
@@ -323,6 +349,17 @@ def cmd_plot(args: argparse.Namespace) -> int:
     out = Path(args.out or Path(args.run) / "figures")
     for path in make_figures(run.vae, run.data, run.history, out):
         print(path)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pyro_vae.lab.compare import compare_runs
+
+    out = Path(args.out or "compare")
+    table, runs = compare_runs(args.runs, out)
+    print(table, end="")
+    print(f"{len(runs)} runs; wrote {out / 'compare.png'}, {out / 'compare.md'}, "
+          f"{out / 'compare.json'}")
     return 0
 
 
@@ -427,7 +464,7 @@ def cmd_variance(args: argparse.Namespace) -> int:
         return cmd_snr(args)
     if args.source == GAUSSIAN_TOY:
         raise ConfigError(f"{GAUSSIAN_TOY} is a source for the SNR lab: add --objective iwae "
-                          "(or another importance-weighted objective)")
+                          "(or another importance-weighted objective); e.g. --objective iwae")
 
     for e in args.estimators:
         if e not in ESTIMATORS:
@@ -436,7 +473,7 @@ def cmd_variance(args: argparse.Namespace) -> int:
         if k not in KL_MODES:
             raise ConfigError(f"unknown --kl {k!r}; choose mc or analytic")
     if any(s < 1 for s in args.samples) or not args.samples:
-        raise ConfigError("--samples takes positive integers, e.g. 1,4,16")
+        raise ConfigError("--samples takes positive integers; give e.g. --samples 1,4,16")
     config, vae, data = load_model_for_lab(args.source, args.device)
     torch.manual_seed(args.seed)
     x = data.x_train[: args.batch_size]
@@ -464,14 +501,19 @@ def cmd_gap(args: argparse.Namespace) -> int:
     from pyro_vae.runs import load_run
 
     if args.num_points < 1 or args.iw_samples < 1:
-        raise ConfigError("--num-points and --iw-samples must be ≥ 1")
+        raise ConfigError("--num-points and --iw-samples must be ≥ 1; e.g. --num-points 100")
+    if args.ais_steps < 0:
+        raise ConfigError(f"--ais-steps must be ≥ 0, got {args.ais_steps}; "
+                          "0 turns AIS off, 2000 is a good start")
     run = load_run(args.run, device=args.device)
     x = run.data.x_test[: args.num_points]
     y = None if run.data.y_test is None else run.data.y_test[: args.num_points]
     start = time.perf_counter()
     report = amortization_gap(run.vae, x, y, iw_samples=args.iw_samples,
                               refine_steps=args.refine_steps, max_steps=args.max_steps,
-                              seed=args.seed)
+                              seed=args.seed, ais_steps=args.ais_steps,
+                              ais_chains=args.ais_chains,
+                              ais_leapfrog_steps=args.ais_leapfrog)
     summary = report.summary()
     summary["seconds"]["total"] = time.perf_counter() - start
     out = Path(args.out or Path(args.run) / "gap")
@@ -485,8 +527,33 @@ def cmd_gap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_ais_options(p: argparse.ArgumentParser, default_steps: int, what: str) -> None:
+    p.add_argument("--ais-steps", type=_int, default=default_steps,
+                   help=f"AIS intermediate distributions T for {what} (default %(default)s)")
+    p.add_argument("--ais-chains", type=_count, default=16,
+                   help="AIS chains per point (default %(default)s)")
+    p.add_argument("--ais-leapfrog", type=_count, default=2,
+                   help="leapfrog steps per AIS HMC transition (default %(default)s)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the problem and where to look, no usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
+def _path(text: str) -> str:
+    """A path option: not empty, no NUL byte."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    if "\x00" in text:
+        raise argparse.ArgumentTypeError("a path cannot contain a NUL byte")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pyro-vae",
         description="Variational autoencoders the Pyro way: train, evaluate, sample, plot.",
     )
@@ -501,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="test ELBO and IWAE log-likelihood of a run",
                        description="Print the test ELBO and the importance-weighted estimate of "
                        "log p(x) (nats per data point, higher is better).")
-    p.add_argument("run", help="run folder (or its checkpoint.pt)")
+    p.add_argument("run", type=_path, help="run folder (or its checkpoint.pt)")
     p.add_argument("--iw-samples", type=_count, default=1000,
                    help="K importance samples per point (5000 is the literature's protocol; "
                    "default 1000)")
@@ -513,10 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("iwae", "ais"), default="iwae",
                    help="log p(x) by IWAE with the guide as proposal, or by annealed importance "
                    "sampling from the prior with HMC transitions (default %(default)s)")
-    p.add_argument("--ais-steps", type=_count, default=500,
-                   help="intermediate distributions T of --method ais (default %(default)s)")
-    p.add_argument("--ais-chains", type=_count, default=16,
-                   help="chains per point of --method ais (default %(default)s)")
+    _add_ais_options(p, default_steps=2000, what="--method ais")
     p.add_argument("--ais-proposal", choices=("prior", "guide"), default="prior",
                    help="where --method ais starts: the prior p(z), or the guide q(z|x) "
                    "(default %(default)s)")
@@ -527,19 +591,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw samples from a trained model",
                        description="Decode z ~ N(0, I) with Predictive and write an image grid "
                        "(images), a .csv (vectors) or a .npy array.")
-    p.add_argument("run", help="run folder (or its checkpoint.pt)")
+    p.add_argument("run", type=_path, help="run folder (or its checkpoint.pt)")
     p.add_argument("--num", type=_count, default=64, help="number of samples (default 64)")
     p.add_argument("--label", type=_int, help="class to generate (conditional models)")
     p.add_argument("--seed", type=_int, default=_DEFAULT.seed,
                    help="random seed (default %(default)s)")
-    p.add_argument("--out", help="output file: .png or .npy (default RUN/figures/samples_cli.png)")
+    p.add_argument("--out", type=_path,
+                   help="output file: .png or .npy (default RUN/figures/samples_cli.png)")
     p.add_argument("--device", default=_DEFAULT.device, help="cpu, cuda, cuda:N or auto")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("variance", help="measure gradient-estimator variance",
                        description="Draw R gradient estimates per estimator at fixed parameters "
                        "and report variance, SNR and cost (Markdown, JSON, figures).")
-    p.add_argument("source", help="run folder / checkpoint (trained parameters), a config "
+    p.add_argument("source", type=_path,
+                   help="run folder / checkpoint (trained parameters), a config "
                    "JSON (fresh initialization), or 'gaussian-toy' (with --objective: the "
                    "Gaussian model of Rainforth et al. 2018 near its optimum)")
     p.add_argument("--estimators", type=_csv(str), action=_Given,
@@ -564,59 +630,98 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data points in the batch (default %(default)s)")
     p.add_argument("--implementation", choices=("explicit", "pyro"), default="explicit",
                    help="the explicit torch surrogates or Pyro's ELBOs (default explicit)")
-    p.add_argument("--warmup", type=_int, default=500,
+    p.add_argument("--warmup", type=_nonnegative, default=500,
                    help="updates of the learned baseline before measuring (default 500; the "
                    "decaying average takes min(N, 100))")
     p.add_argument("--seed", type=_int, default=_DEFAULT.seed,
                    help="random seed (default %(default)s)")
-    p.add_argument("--out", help="output folder (default RUN/variance)")
+    p.add_argument("--out", type=_path, help="output folder (default RUN/variance)")
     p.add_argument("--device", default=_DEFAULT.device, help="cpu, cuda, cuda:N or auto")
     p.set_defaults(func=cmd_variance, estimators_given=False)
 
     p = sub.add_parser("gap", help="approximation and amortization gaps of a trained VAE",
-                       description="log p(x) (IWAE), the best Gaussian ELBO per point L[q*] "
-                       "(test-time vEM), the encoder's ELBO L[q], their gaps, and "
-                       "semi-amortized refinement.")
-    p.add_argument("run", help="run folder (or its checkpoint.pt)")
+                       description="log p(x) (the best of IWAE with q, IWAE with q*, and AIS "
+                       "with --ais-steps), the best ELBO per point L[q*] of the guide's family "
+                       "and of the factorized Gaussian (test-time vEM), the encoder's ELBO "
+                       "L[q], their gaps, and semi-amortized refinement.")
+    p.add_argument("run", type=_path, help="run folder (or its checkpoint.pt)")
     p.add_argument("--num-points", type=_count, default=1000, help="test points (default 1000)")
     p.add_argument("--iw-samples", type=_count, default=5000,
                    help="importance samples for log p(x) (default 5000)")
     p.add_argument("--refine-steps", type=_count, default=50,
                    help="steps of the semi-amortized curve (default 50)")
-    p.add_argument("--max-steps", type=_count, default=1000,
-                   help="most optimization steps of the per-point fits (default 1000)")
+    p.add_argument("--max-steps", type=_count, default=5000,
+                   help="most optimization steps of the per-point fits, which otherwise stop "
+                   "by their learning-rate decay rule (default %(default)s)")
+    _add_ais_options(p, default_steps=0, what="log p̂(x) (0: IWAE estimates only)")
     p.add_argument("--seed", type=_int, default=_DEFAULT.seed,
                    help="random seed (default %(default)s)")
-    p.add_argument("--out", help="output folder (default RUN/gap)")
+    p.add_argument("--out", type=_path, help="output folder (default RUN/gap)")
     p.add_argument("--device", default=_DEFAULT.device, help="cpu, cuda, cuda:N or auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_gap)
 
+    p = sub.add_parser("compare", help="ELBO curves and final metrics of several runs",
+                       description="Overlay the ELBO curves of several runs in one figure and "
+                       "print one table of their final metrics (what differs in their "
+                       "configurations, test ELBO, KL, log p(x) when evaluated, seconds).")
+    p.add_argument("runs", nargs="+", type=_path, metavar="RUN", help="run folders")
+    p.add_argument("--out", type=_path, help="output folder (default ./compare)")
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("plot", help="(re)draw a run's figures",
                        description="Draw every figure of a run folder from its checkpoint.")
-    p.add_argument("run", help="run folder (or its checkpoint.pt)")
-    p.add_argument("--out", help="figure folder (default RUN/figures)")
+    p.add_argument("run", type=_path, help="run folder (or its checkpoint.pt)")
+    p.add_argument("--out", type=_path, help="figure folder (default RUN/figures)")
     p.add_argument("--device", default=_DEFAULT.device, help="cpu, cuda, cuda:N or auto")
     p.set_defaults(func=cmd_plot)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every failure is one line on stderr: ``pyro-vae: error: <problem>;
+    <fix>`` with exit status 2 for bad input (the library's errors, unreadable paths, memory
+    that runs out), ``pyro-vae: internal error: ...`` with status 1 for a bug (set
+    ``PYRO_VAE_DEBUG=1`` for its traceback). Warnings raised while a command runs are held
+    back and shown after it succeeds, so that none precede an error line."""
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return args.func(args)
-    except PyroVAEError as exc:
-        print(f"pyro-vae: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a path that cannot be read or written
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(f"pyro-vae: error: {exc.strerror or exc}{where}; check the path and its "
-              "permissions", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as exc:
-        print(f"pyro-vae: {exc or 'interrupted'}", file=sys.stderr)
-        return 130
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a one-line usage error: a return code
+        return exc.code if isinstance(exc.code, int) else 2
+    debug = bool(os.environ.get("PYRO_VAE_DEBUG"))
+    with warnings.catch_warnings(record=True) as caught:  # the filters in force still apply
+        try:
+            code = args.func(args)
+        except PyroVAEError as exc:
+            return _fail(f"error: {exc}")
+        except MemoryError:
+            return _fail("error: ran out of memory; lower the sizes given to this command "
+                         "(batch size, samples, points, hidden widths)")
+        except OSError as exc:  # a path that cannot be read or written
+            where = f" ({exc.filename})" if exc.filename else ""
+            return _fail(f"error: {exc.strerror or exc}{where}; check the path and its "
+                         "permissions")
+        except KeyboardInterrupt as exc:
+            print(f"pyro-vae: {exc or 'interrupted'}", file=sys.stderr)
+            return 130
+        except Exception as exc:
+            if debug:
+                raise
+            text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            if isinstance(exc, RuntimeError) and "alloc" in text.lower():
+                return _fail(f"error: ran out of memory ({text}); lower the sizes given to "
+                             "this command (batch size, samples, points, hidden widths)")
+            return _fail(f"internal error: {type(exc).__name__}: {text}; please report it "
+                         "with the command line (PYRO_VAE_DEBUG=1 shows the traceback)", 1)
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return code
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"pyro-vae: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -113,14 +113,25 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
+        """A configuration from a dict (a run's ``config.json``), every value validated."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a configuration must be a JSON object of options, got "
+                              f"{type(d).__name__}; pass a dict such as a run's config.json")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(set(d) - known, key=str)
         if unknown:
             raise ConfigError(f"unknown configuration keys {unknown}; remove them")
         d = dict(d)
-        if d.get("hidden") is not None:
-            d["hidden"] = tuple(int(h) for h in d["hidden"])
-        return cls(**d)
+        hidden = d.get("hidden")
+        if hidden is not None:
+            if not isinstance(hidden, (list, tuple)) or not all(
+                    isinstance(h, int) and not isinstance(h, bool) for h in hidden):
+                raise ConfigError(f"configuration key 'hidden' must be a list of integers, got "
+                                  f"{hidden!r}; e.g. [400, 200]")
+            d["hidden"] = tuple(hidden)
+        config = cls(**d)
+        config.resolved()  # type and range of every value, with the option's own message
+        return config
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -181,10 +192,10 @@ class Config:
                               f"--objective {self.objective}")
         if self.num_groups > 1 and self.objective not in ("miwae", "piwae"):
             raise ConfigError(f"--num-groups applies to --objective miwae or piwae, not "
-                              f"{self.objective}")
+                              f"{self.objective}; drop --num-groups or use --objective miwae")
         if isinstance(self.ciwae_beta, bool) or not isinstance(self.ciwae_beta, (int, float)) \
                 or not 0 <= self.ciwae_beta <= 1:
-            raise ConfigError(f"--ciwae-beta must lie in [0, 1], got {self.ciwae_beta!r}")
+            raise ConfigError(f"--ciwae-beta must lie in [0, 1], got {self.ciwae_beta!r}; e.g. 0.5")
         if self.elbo == "meanfield" and self.objective != "elbo":
             raise ConfigError(f"--elbo meanfield (analytic KL) applies to --objective elbo; "
                               f"{self.objective} weights sampled log-densities: drop --elbo")
@@ -196,7 +207,7 @@ class Config:
         _positive_int("devices", self.devices)
         _positive_int("num-nodes", self.num_nodes)
         if self.strategy == "single" and (self.devices > 1 or self.num_nodes > 1):
-            raise ConfigError("--devices / --num-nodes above 1 need --strategy ddp")
+            raise ConfigError("--devices / --num-nodes above 1 need --strategy ddp; add it")
         _choice("lr-schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("kl-schedule", self.kl_schedule, KL_SCHEDULES)
         _choice("arch", self.arch, ARCHS)
@@ -210,6 +221,33 @@ class Config:
         _positive_int("checkpoint-every", self.checkpoint_every)
         _positive_int("cycles", self.cycles)
         _positive_int("image-size", self.image_size)
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise ConfigError(f"--image-size must be at most {MAX_IMAGE_SIZE}, got "
+                              f"{self.image_size}; images are resized to this square size")
+        _bounded_int("latent-dim", self.latent_dim, MAX_WIDTH)
+        _bounded_int("epochs", self.epochs, MAX_EPOCHS)
+        _bounded_int("flow-length", self.flow_length, MAX_FLOW_LENGTH)
+        for h in self.hidden or ():
+            _bounded_int("hidden", h, MAX_WIDTH)
+        for option, value in (("seed", self.seed), ("split-seed", self.split_seed)):
+            if not isinstance(value, int) or isinstance(value, bool) \
+                    or not 0 <= value <= MAX_SEED:
+                raise ConfigError(f"--{option} must be an integer in 0..{MAX_SEED} (what torch, "
+                                  f"NumPy and scikit-learn all accept), got {value!r}; e.g. 0")
+        if isinstance(self.test_fraction, bool) or not isinstance(self.test_fraction,
+                                                                  (int, float)) \
+                or not 0 < self.test_fraction < 1:
+            raise ConfigError(f"--test-fraction must lie strictly between 0 and 1, got "
+                              f"{self.test_fraction!r}; e.g. 0.2 keeps a fifth for testing")
+        for option, value in (("max-train", self.max_train), ("max-test", self.max_test)):
+            if value is not None:
+                _positive_int(option, value)
+        if self.label_column is not None and not isinstance(self.label_column, str):
+            raise ConfigError(f"--label-column must be a column name or index as text, got "
+                              f"{self.label_column!r}; e.g. \"label\" or \"0\"")
+        if self.label_column is not None and self.dataset != "file":
+            raise ConfigError(f"--label-column applies to --dataset file, not {self.dataset}; "
+                              "drop it")
         _positive_int("warmup-epochs", self.warmup_epochs, allow_zero=True)
         for h in self.hidden or ():
             if not isinstance(h, int) or h < 1:
@@ -224,9 +262,9 @@ class Config:
         if self.obs_scale is not None:
             _positive_float("obs-scale", self.obs_scale)
         if not 0 < self.lr_decay <= 1:
-            raise ConfigError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
+            raise ConfigError(f"--lr-decay must be in (0, 1], got {self.lr_decay}; e.g. 0.99")
         if not 0 < self.cycle_ramp <= 1:
-            raise ConfigError(f"--cycle-ramp must be in (0, 1], got {self.cycle_ramp}")
+            raise ConfigError(f"--cycle-ramp must be in (0, 1], got {self.cycle_ramp}; e.g. 0.5")
         if self.binarize != "none" and self.likelihood != "bernoulli":
             raise ConfigError(f"--binarize {self.binarize} only applies to --likelihood "
                               f"bernoulli, not {self.likelihood}; drop --binarize")
@@ -237,17 +275,41 @@ def _choice(option: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"unknown --{option} {value!r}; choose one of: {', '.join(allowed)}")
 
 
+#: the largest seed every generator the library seeds accepts (NumPy's and scikit-learn's: 2³²−1)
+MAX_SEED = 2**32 - 1
+#: the largest --latent-dim and --hidden width (memory is checked as well)
+MAX_WIDTH = 2**20
+#: the largest --image-size
+MAX_IMAGE_SIZE = 4096
+#: the most --epochs (a run that would outlive its machine is a typo)
+MAX_EPOCHS = 1_000_000
+#: the most --flow-length steps
+MAX_FLOW_LENGTH = 1000
+
+
+def _bounded_int(option: str, value: Any, maximum: int) -> None:
+    if isinstance(value, int) and not isinstance(value, bool) and value > maximum:
+        raise ConfigError(f"--{option} must be at most {maximum:,}, got {value:,}; "
+                          "give a smaller value")
+
+
 def _positive_int(option: str, value: Any, allow_zero: bool = False) -> None:
     low = 0 if allow_zero else 1
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ConfigError(f"--{option} must be an integer ≥ {low}, got {value!r}")
+        raise ConfigError(f"--{option} must be an integer ≥ {low}, got {value!r}; give a whole "
+                          f"number such as {max(low, 1)}")
+
+
+#: an example of a sensible value per real option, for the errors' "; fix" half
+EXAMPLES = {"lr": "1e-3", "clip-norm": "10", "obs-scale": "0.1"}
 
 
 def _positive_float(option: str, value: Any, hint: str = "") -> None:
-    ok = isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value) and value > 0
     if not ok:
-        raise ConfigError(f"--{option} must be a positive finite number, got {value!r}"
-                          + (f"; {hint}" if hint else ""))
+        hint = hint or f"e.g. --{option} {EXAMPLES.get(option, '1')}"
+        raise ConfigError(f"--{option} must be a positive finite number, got {value!r}; {hint}")
 
 
 def parse_hidden(text: str) -> tuple[int, ...]:
@@ -259,7 +321,7 @@ def parse_hidden(text: str) -> tuple[int, ...]:
         sizes = tuple(int(s) for s in text.split(","))
     except ValueError:
         raise ConfigError(f"--hidden takes comma-separated layer sizes like 400,200, got "
-                          f"{text!r}") from None
+                          f"{text!r}; give whole numbers separated by commas") from None
     if any(s < 1 for s in sizes):
-        raise ConfigError(f"--hidden sizes must be positive, got {text!r}")
+        raise ConfigError(f"--hidden sizes must be positive, got {text!r}; e.g. --hidden 400,200")
     return sizes

@@ -28,7 +28,8 @@ class ConfigError(PyroVAEError, ValueError):
 def check_count(name: str, value: object) -> int:
     """``value`` if it is an integer ≥ 1 (not a bool), else :class:`ConfigError`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be an integer ≥ 1, got {value!r}")
+        raise ConfigError(f"{name} must be an integer ≥ 1, got {value!r}; "
+                          "give a whole number such as 1")
     return value
 
 

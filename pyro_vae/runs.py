@@ -8,6 +8,13 @@ A run folder holds::
     metrics.csv        one row per epoch (also metrics.json)
     checkpoint.pt      everything needed to resume or to use the model (see checkpoint.py)
     figures/*.png      ELBO curves and the data-kind's figures (see plots.py)
+    .lock              held (``flock``) by the one process writing the folder
+
+One writer at a time: :class:`RunLock` takes an exclusive ``fcntl.flock`` on ``.lock`` before
+anything is read for a resume or written, and a second writer stops with "run folder in use by
+process N". The kernel drops the lock when its process dies, however it dies, so a stale lock
+never blocks. Every temporary file carries its writer's pid, and the lock holder removes the
+leftovers of killed runs (``.*.tmp-*``) when it starts.
 """
 
 from __future__ import annotations
@@ -79,8 +86,91 @@ def environment(config: Config, device: torch.device) -> dict[str, Any]:
     }
 
 
+LOCK_NAME = ".lock"
+
+
+class RunLock:
+    """An exclusive lock on a run folder (module docstring); a context manager. On systems
+    without ``fcntl`` (Windows) it falls back to an ``O_EXCL`` lock file holding the pid, taken
+    over when that process no longer exists."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_NAME
+        self._fd: int | None = None
+        self._created_dir = False
+
+    def __enter__(self) -> RunLock:
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(f"{self.run_dir} exists and is not a folder; choose another --out")
+        self._created_dir = not self.run_dir.exists()
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the run folder {self.run_dir} "
+                              f"({exc.strerror or exc}); choose another --out") from None
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            os.close(fd)
+            self._enter_without_flock()
+            return self
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(f"run folder {self.run_dir} is in use by process {holder}; wait "
+                              "for it to finish, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        self._remove_stale_temporaries()
+        return self
+
+    def _enter_without_flock(self) -> None:  # pragma: no cover - Windows
+        while True:
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                pid = self.path.read_text().strip()
+                if pid.isdigit() and _alive(int(pid)):
+                    raise ConfigError(f"run folder {self.run_dir} is in use by process {pid}; "
+                                      "wait for it to finish, or choose another --out") from None
+                self.path.unlink(missing_ok=True)
+                continue
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self._fd = fd
+            self._remove_stale_temporaries()
+            return
+
+    def _remove_stale_temporaries(self) -> None:
+        for leftover in self.run_dir.glob(".*.tmp*"):
+            leftover.unlink(missing_ok=True)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # before the unlock: the next writer makes its own
+        os.close(self._fd)
+        self._fd = None
+        if self._created_dir and not any(self.run_dir.iterdir()):
+            self.run_dir.rmdir()  # a run that failed before writing leaves nothing behind
+
+
+def _alive(pid: int) -> bool:  # pragma: no cover - Windows fallback only
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
     os.replace(tmp, path)
 
@@ -91,7 +181,7 @@ def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     if not history:
         return
     keys = list(dict.fromkeys(k for row in history for k in row))
-    tmp = run_dir / ".metrics.csv.tmp"
+    tmp = run_dir / f".metrics.csv.tmp-{os.getpid()}"
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
@@ -137,17 +227,33 @@ def train_run(
     config = config.resolved()
     device = resolve_device(config.device)
     run_dir = Path(run_dir)
+    if not str(run_dir).strip():
+        raise ConfigError("the run folder is an empty path; give --out a folder name")
+    if resume and not (run_dir / CHECKPOINT_NAME).exists():
+        load_checkpoint(run_dir / CHECKPOINT_NAME)  # the one-line "no checkpoint" error
+    if config.strategy != "single":
+        return _train_distributed_run(config, run_dir, prepare_data(config), resume, progress,
+                                      figures)
+    with RunLock(run_dir):
+        return _train_locked(config, run_dir, device, resume, progress, on_epoch, figures)
+
+
+def _train_locked(config: Config, run_dir: Path, device: torch.device, resume: bool,
+                  progress: bool, on_epoch: Callable[[dict[str, Any]], None] | None,
+                  figures: bool) -> RunResult:
     ckpt_path = run_dir / CHECKPOINT_NAME
     state = None
     if resume:
         state = load_checkpoint(ckpt_path, map_location=device)
         _check_resumable(state["config"], config, ckpt_path)
+        if state["epoch"] > config.epochs:
+            raise ConfigError(f"{run_dir} has already trained {state['epoch']} epochs, more "
+                              f"than --epochs {config.epochs}; pass --epochs {state['epoch']} "
+                              "or more to continue it")
     elif ckpt_path.exists():
         raise ConfigError(f"{run_dir} already holds a trained run; pass --resume to continue it "
                           "or choose another --out")
     data = prepare_data(config)
-    if config.strategy != "single":
-        return _train_distributed_run(config, run_dir, data, resume, progress, figures)
     pyro.set_rng_seed(config.seed)
     trainer = Trainer.from_config(config, data, device)
     if state is not None:
@@ -174,6 +280,7 @@ def train_run(
             if trainer.epoch % config.checkpoint_every == 0 or trainer.epoch == config.epochs \
                     or interrupted["flag"]:
                 save_checkpoint(trainer.state_dict(), ckpt_path)
+                trainer.checkpoint_epoch = trainer.epoch
             write_metrics(run_dir, trainer.history)
             if bar is not None:
                 bar.set_postfix(train_obj=f"{-metrics['train_loss']:.3f}",

@@ -125,14 +125,15 @@ def ppca_vae(d=5, q=2, sigma=0.5, seed=0):
     return vae, marginal
 
 
-def linear_gaussian_vae(num_data=None):
+def linear_gaussian_vae(num_data=None, guide="diag", flow_length=2):
     """x = W z + b + σ ε with z ~ N(0, I): a linear decoder and a Gaussian likelihood, whose
-    posterior p(z | x) is Gaussian in closed form."""
+    posterior p(z | x) is Gaussian in closed form; ``guide`` names the posterior family."""
     torch.manual_seed(1)
     enc = MLPEncoder((3,), 2, ())
     dec = MLPDecoder((3,), 2, (), num_params=1)
+    family = pyro_vae.distributions.guides.GuideFamily(guide, (3,), 2, flow_length)
     return pyro_vae.VAE(enc, dec, pyro_vae.make_likelihood("gaussian", 0.5), 2, (3,),
-                        num_data=num_data)
+                        num_data=num_data, family=family)
 
 
 def exact_posterior(vae, x):

@@ -52,10 +52,15 @@ def test_checkpoint_from_another_version(run_dir, tmp_path):
         load_checkpoint(tmp_path)
 
 
+def resign(state, path):
+    """Write an edited payload as a consistent checkpoint (with a fresh checksum)."""
+    save_checkpoint({k: v for k, v in state.items() if k != "checksum"}, path)
+
+
 def test_checkpoint_whose_weights_do_not_fit_its_configuration(run_dir, tmp_path):
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     state["config"]["hidden"] = [64]
-    torch.save(state, tmp_path / "checkpoint.pt")
+    resign(state, tmp_path / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="does not fit"):
         load_run(tmp_path, load_data=False)
 
@@ -101,7 +106,58 @@ def test_a_format_2_checkpoint_still_loads_with_the_same_weights(run_dir, tmp_pa
 def test_nan_weights_in_a_checkpoint_are_refused_in_one_line(run_dir, tmp_path):
     state = load_checkpoint(run_dir)
     state["model"]["decoder.net.0.weight"][0, 0] = float("nan")
-    torch.save(state, tmp_path / "checkpoint.pt")
+    resign(state, tmp_path / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="NaN") as err:
         load_run(tmp_path)
     assert "\n" not in str(err.value)
+
+
+def test_a_flipped_byte_in_a_tensor_is_corrupt_not_a_number(run_dir, tmp_path):
+    """torch's zip reader does not check CRCs: before the checksum, a flipped byte inside a
+    tensor loaded and evaluated to an ELBO of −10²³."""
+    data = bytearray((run_dir / "checkpoint.pt").read_bytes())
+    weight = load_checkpoint(run_dir)["model"]["decoder.net.0.weight"]
+    at = bytes(data).find(weight.contiguous().numpy().tobytes()[:64])
+    assert at > 0
+    for offset in (3, 40):
+        damaged = bytearray(data)
+        damaged[at + offset] ^= 0x40
+        (tmp_path / "checkpoint.pt").write_bytes(bytes(damaged))
+        with pytest.raises(CheckpointError, match="corrupt: its content does not match") as err:
+            load_run(tmp_path)
+        assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("epoch", "3", "'epoch' should be an integer"), ("epoch", -1, "'epoch'"),
+    ("global_step", 2.5, "'global_step'"), ("config", [1, 2], "'config' should be a dict"),
+    ("data", None, "'data' should be a dict"), ("history", None, "'history'"),
+    ("history", [{"epoch": "x"}], "'history'"), ("model", [1], "'model'"),
+    ("params", {"a": 1}, "'params'"), ("optimizer", "adam", "'optimizer'"),
+    ("rng", 7, "'rng'"),
+])
+def test_checkpoint_fields_of_the_wrong_type_are_one_line_errors(run_dir, tmp_path, field,
+                                                                 value, match):
+    state = load_checkpoint(run_dir)
+    state[field] = value
+    resign(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=match) as err:
+        load_run(tmp_path)
+    assert "\n" not in str(err.value) and "re-train" in str(err.value)
+
+
+@pytest.mark.parametrize("event_shape", ["784", [0], [-1, 2], [1.5]])
+def test_a_damaged_data_description_is_a_one_line_error(run_dir, tmp_path, event_shape):
+    state = load_checkpoint(run_dir)
+    state["data"]["event_shape"] = event_shape
+    resign(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=r"data\.event_shape"):
+        load_run(tmp_path)
+
+
+def test_a_format_3_checkpoint_without_checksum_still_loads(run_dir, tmp_path):
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    state.pop("checksum")
+    state["format_version"] = 3
+    torch.save(state, tmp_path / "checkpoint.pt")
+    assert load_run(tmp_path, load_data=False).vae is not None

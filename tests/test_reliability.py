@@ -107,3 +107,84 @@ def test_model_constructors_on_random_shapes(event, latent, hidden, lik):
     assert z.shape == (3, latent)
     with pytest.raises(DataError, match="data must have shape"):
         vae.guide(torch.rand(3, *event, 2))
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_run_folder(tmp_path, capsys):
+    """The lock is a real flock: a second open file description conflicts even in-process."""
+    from pyro_vae.cli import main as cli_main
+    from pyro_vae.runs import LOCK_NAME, RunLock
+
+    out = tmp_path / "run"
+    with RunLock(out):
+        assert (out / LOCK_NAME).read_text().strip() == str(os.getpid())
+        code = cli_main(["train", *ARGS, "--out", str(out)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1
+        assert f"is in use by process {os.getpid()}" in err and "another --out" in err
+    assert not out.exists()  # nothing was written, and the empty folder went with the lock
+
+
+def test_a_concurrent_resume_is_refused_and_leftovers_of_a_killed_run_are_cleaned(tmp_path):
+    out = tmp_path / "run"
+    assert train(out, "--epochs", "1").returncode == 0
+    first = train(out, "--resume", "--epochs", "400", wait=False)
+    deadline = time.time() + 60
+    while not (out / ".lock").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    second = train(out, "--resume", "--epochs", "400")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert second.returncode == 2 and f"in use by process {first.pid}" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
+    (out / ".checkpoint.pt.tmp-99999").write_bytes(b"half a checkpoint")
+    (out / ".metrics.csv.tmp-99999").write_text("epoch\n")
+    resumed = train(out, "--resume", "--epochs", "3")  # the dead process's lock is no obstacle
+    assert resumed.returncode == 0, resumed.stderr
+    assert not list(out.glob(".*.tmp*")) and not (out / ".lock").exists()
+
+
+def test_resume_with_fewer_epochs_than_done_is_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "run"
+    assert train(out, "--epochs", "3").returncode == 0
+    before = (out / "config.json").read_text()
+    result = train(out, "--resume", "--epochs", "2")
+    assert result.returncode == 2 and "already trained 3 epochs" in result.stderr
+    assert (out / "config.json").read_text() == before
+
+
+def test_an_empty_out_is_a_one_line_error(tmp_path):
+    result = train("")
+    assert result.returncode == 2 and "empty string" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+BOUNDED = """
+import json, resource, sys
+import torch
+from pyro_vae import iwae_log_likelihood, load_run
+from pyro_vae.cli import main
+run = load_run(sys.argv[1])
+with open("/proc/self/status") as f:
+    vm = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize:"))
+headroom = int(float(sys.argv[2]))
+resource.setrlimit(resource.RLIMIT_AS, (vm + headroom, resource.RLIM_INFINITY))
+ll = iwae_log_likelihood(run.vae, run.data.x_test[:100], num_samples=50000)
+code = main(["evaluate", sys.argv[1], "--method", "ais", "--ais-chains", "1000000000",
+             "--max-points", "2"])
+print(json.dumps({"finite": bool(torch.isfinite(ll).all()), "ais_code": code}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc")
+def test_k_50000_on_moons_runs_within_a_small_address_space_limit(tmp_path):
+    """Before chunking by the decoder's activations, K = 50 000 on 100 moons points needed
+    4.8 GB; here it runs with 600 MB of address space to spare, and an AIS run whose chains
+    cannot fit is refused in one line before it allocates."""
+    out = tmp_path / "run"
+    assert train(out, "--epochs", "1").returncode == 0
+    proc = subprocess.run([sys.executable, "-c", BOUNDED, str(out), "6e8"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"finite": True, "ais_code": 2}
+    assert "--ais-chains" in proc.stderr and "Traceback" not in proc.stderr

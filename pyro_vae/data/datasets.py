@@ -27,6 +27,7 @@ import gzip
 import math
 import os
 import shutil
+import warnings
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.errors import ConfigError, DataError, check_count
+from pyro_vae.resources import check_memory
 
 #: Where Debian's ``dataset-fashion-mnist`` package puts the IDX files.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -96,6 +98,10 @@ class DataSet:
 
 
 # --------------------------------------------------------------------------- validation
+#: the most classes a labelled data set may have (a one-hot label per point is allocated)
+MAX_CLASSES = 100_000
+
+
 def validate_arrays(x: torch.Tensor, y: torch.Tensor | None, what: str) -> None:
     """Reject empty data, NaN / inf, and labels that do not match the data."""
     if x.dim() < 2:
@@ -105,8 +111,12 @@ def validate_arrays(x: torch.Tensor, y: torch.Tensor | None, what: str) -> None:
         )
     if x.shape[0] == 0 or math.prod(x.shape[1:]) == 0:
         raise DataError(f"{what} is empty (shape {tuple(x.shape)}); give it at least one point")
+    if x.is_complex():
+        raise DataError(f"{what} is complex ({x.dtype}); a VAE models real data: give the real "
+                        "and imaginary parts as separate features")
     if not torch.is_floating_point(x):
-        raise DataError(f"{what} must hold numbers, got dtype {x.dtype}")
+        raise DataError(f"{what} must hold real numbers, got dtype {x.dtype}; convert it with "
+                        ".float()")
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise DataError(
@@ -119,7 +129,8 @@ def validate_arrays(x: torch.Tensor, y: torch.Tensor | None, what: str) -> None:
                 "label per point"
             )
         if len(y) and int(y.min()) < 0:
-            raise DataError(f"{what} labels must be integers ≥ 0, got {int(y.min())}")
+            raise DataError(f"{what} labels must be integers ≥ 0, got {int(y.min())}; "
+                            "renumber the classes 0..C-1")
 
 
 def _split(
@@ -127,7 +138,7 @@ def _split(
     test_fraction: float, class_names: tuple[str, ...] | None = None,
 ) -> DataSet:
     if not 0.0 < test_fraction < 1.0:
-        raise ConfigError(f"--test-fraction must be in (0, 1), got {test_fraction}")
+        raise ConfigError(f"--test-fraction must be in (0, 1), got {test_fraction}; e.g. 0.2")
     n = x.shape[0]
     n_test = max(1, round(n * test_fraction))
     if n - n_test < 1:
@@ -331,8 +342,17 @@ def load_file(
     if not path.exists():
         raise DataError(f"data file {path} does not exist; check the path given to --data")
     if path.is_dir():
+        if label_column is not None:
+            raise DataError("--label-column applies to .csv files; an image folder's labels "
+                            "are its sub-folders: drop --label-column")
         return _load_image_folder(path, image_size, split_seed, test_fraction)
+    if not path.is_file():  # a named pipe, a device or a socket: reading could block forever
+        raise DataError(f"{path} is not a regular file (a pipe, device or socket); copy the data "
+                        "into a .npy, .npz or .csv file and give that to --data")
     suffix = path.suffix.lower()
+    if label_column is not None and suffix != ".csv":
+        raise DataError(f"--label-column applies to .csv files, not {suffix or 'this'} files; "
+                        "store labels as the array y of a .npz instead")
     y_np = None
     try:
         if suffix == ".npy":
@@ -380,9 +400,16 @@ def _read_csv(path: Path, label_column: str | None) -> tuple[np.ndarray, np.ndar
     else:
         raise DataError(f"label column {label_column!r} not found in {path.name}; give its "
                         "header name or its 0-based index")
+    if not -table.shape[1] <= col < table.shape[1]:
+        raise DataError(f"label column {label_column!r} is out of range: {path.name} has "
+                        f"{table.shape[1]} columns; give an index in 0..{table.shape[1] - 1}")
+    if table.shape[1] < 2:
+        raise DataError(f"{path.name} has one column, which --label-column {label_column!r} "
+                        "would leave without features; drop --label-column")
     labels = table[:, col]
     if not np.all(labels == np.round(labels)):
-        raise DataError(f"label column {label_column!r} of {path.name} must hold integers")
+        raise DataError(f"label column {label_column!r} of {path.name} must hold integers; "
+                        "choose the column of class indices")
     return np.delete(table, col, axis=1), labels.astype(np.int64)
 
 
@@ -391,7 +418,11 @@ def _from_arrays(
 ) -> DataSet:
     if x_np.dtype == object or not (np.issubdtype(x_np.dtype, np.number)
                                     or x_np.dtype == np.bool_):
-        raise DataError(f"{name}: the array must hold numbers, got dtype {x_np.dtype}")
+        raise DataError(f"{name}: the array must hold numbers, got dtype {x_np.dtype}; "
+                        "save a numeric array")
+    if np.iscomplexobj(x_np):
+        raise DataError(f"{name}: the array is complex ({x_np.dtype}); a VAE models real data: "
+                        "save the real and imaginary parts as separate features")
     is_uint8 = x_np.dtype == np.uint8
     x = torch.tensor(np.asarray(x_np, dtype=np.float32))
     if x.dim() == 1:
@@ -410,8 +441,16 @@ def _from_arrays(
     y = None
     if y_np is not None:
         y_arr = np.asarray(y_np)
-        if y_arr.dtype.kind not in "iub" and not np.all(y_arr == np.round(y_arr)):
-            raise DataError(f"{name}: labels must be integers")
+        if y_arr.dtype.kind not in "iubf":
+            raise DataError(f"{name}: labels must be integers 0..C-1, got dtype {y_arr.dtype}; "
+                            "map class names to integers first")
+        if y_arr.dtype.kind == "f" and not (np.all(np.isfinite(y_arr))
+                                           and np.all(y_arr == np.round(y_arr))):
+            raise DataError(f"{name}: labels must be integers 0..C-1, got non-integer values; "
+                            "round or renumber them")
+        if y_arr.size and (y_arr.min() < 0 or y_arr.max() >= MAX_CLASSES):
+            raise DataError(f"{name}: labels must lie in 0..{MAX_CLASSES - 1} (class indices), "
+                            f"got {y_arr.min()}..{y_arr.max()}; renumber the classes 0..C-1")
         y = torch.tensor(y_arr.astype(np.int64)).reshape(-1)
     validate_arrays(x, y, f"data file {name}")
     if kind == "image":
@@ -435,10 +474,18 @@ def _load_image_folder(
     except (FileNotFoundError, RuntimeError) as exc:
         raise DataError(f"{path} is not an image folder ({exc}); put images in one sub-folder "
                         "per class") from None
+    from PIL import Image
+
+    check_memory(f"{len(folder)} images at --image-size {image_size}",
+                 len(folder) * 3 * image_size**2 * 4 * 2, "lower --image-size or use fewer images")
     try:
-        x, y = _stack_images(folder, None)
-    except OSError as exc:
-        raise DataError(f"an image under {path} cannot be decoded ({exc})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            x, y = _stack_images(folder, None)
+    except (OSError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise DataError(f"an image under {path} cannot be decoded ({first}); remove or re-save "
+                        "it (images over Pillow's decompression-bomb limit are refused)") from None
     if x.shape[1] == 3 and bool((x[:, 0] == x[:, 1]).all() and (x[:, 1] == x[:, 2]).all()):
         x = x[:, :1]  # greyscale images stored as RGB
     return _split(path.name, x, y, "image", split_seed, test_fraction, tuple(folder.classes))
@@ -458,6 +505,18 @@ def load_dataset(
     max_test: int | None = None,
 ) -> DataSet:
     """Load a data set by name (see the module table) and validate it."""
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) \
+            or not 0 < test_fraction < 1:
+        raise ConfigError(f"test_fraction must lie strictly between 0 and 1, got "
+                          f"{test_fraction!r}; e.g. 0.2")
+    for option, value in (("max_train", max_train), ("max_test", max_test)):
+        if value is not None:
+            check_count(option, value)
+    check_count("image_size", image_size)
+    if isinstance(split_seed, bool) or not isinstance(split_seed, int) \
+            or not 0 <= split_seed < 2**32:
+        raise ConfigError(f"split_seed must be an integer in 0..{2**32 - 1}, got {split_seed!r}; "
+                          "e.g. 0")
     if name == "digits":
         data = load_digits(split_seed, test_fraction)
     elif name == "moons":
@@ -471,13 +530,10 @@ def load_dataset(
     elif name == "file":
         if not data_path:
             raise ConfigError("--dataset file needs --data PATH (a .npy/.npz/.csv file or an "
-                              "image folder)")
+                              "image folder); add --data PATH")
         data = load_file(data_path, split_seed, test_fraction, image_size, label_column)
     else:
         raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-    for p in (max_train, max_test):
-        if p is not None and p < 1:
-            raise ConfigError(f"--max-train / --max-test must be ≥ 1, got {p}")
     data = data.subset(max_train, max_test)
     validate_arrays(data.x_train, data.y_train, f"{name} training data")
     validate_arrays(data.x_test, data.y_test, f"{name} test data")

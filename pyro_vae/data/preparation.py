@@ -84,5 +84,6 @@ def preprocess_data(data: DataSet, config: Config) -> DataSet:
         raise ConfigError(f"--batch-size {config.batch_size} exceeds the {data.x_train.shape[0]} "
                           "training points; use a batch size ≤ the data size")
     if config.conditional and data.y_train is None:
-        raise ConfigError(f"--conditional needs labels, and the {config.dataset} data has none")
+        raise ConfigError(f"--conditional needs labels, and the {config.dataset} data has none; "
+                          "drop --conditional")
     return data

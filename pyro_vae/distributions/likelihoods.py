@@ -34,6 +34,7 @@ protocol of Burda et al. 2016, or ``"threshold"``) or the user opts in with
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -123,13 +124,50 @@ class BernoulliLikelihood(Likelihood):
             super().check_support(x, what)
 
 
+#: below this |logit| the log-normalizer uses its series (error < 10⁻¹² in float64)
+_SERIES_BELOW = 1e-2
+
+
+def continuous_bernoulli_log_norm(logits: torch.Tensor) -> torch.Tensor:
+    """log C(λ) of the continuous Bernoulli from its logit ℓ (λ = sigmoid(ℓ)), stable for every
+    ℓ in float32 and float64.
+
+    With 1 − 2λ = −tanh(ℓ/2) and artanh(1 − 2λ) = −ℓ/2, C(λ) = 2 artanh(1 − 2λ) / (1 − 2λ) =
+    ℓ / tanh(ℓ/2), an even function of ℓ. For a = |ℓ|: log C = log a − log tanh(a/2) with
+    log tanh(a/2) = log(−expm1(−a)) − log1p(e^{−a}), exact to rounding for every a > 0; near 0
+    the series log 2 + a²/12 − a⁴/1440. (torch's own form computes λ first and clamps it, so its
+    density integrates to 0.94 at |ℓ| = 17, 0.80 at 20 and 0.53 at 30 in float32.)
+    """
+    a = logits.abs()
+    small = a < _SERIES_BELOW
+    safe = torch.where(small, torch.ones_like(a), a)
+    exact = safe.log() - (torch.log(-torch.expm1(-safe)) - torch.log1p(torch.exp(-safe)))
+    a2 = a * a
+    series = math.log(2.0) + a2 / 12 - a2 * a2 / 1440
+    return torch.where(small, series, exact)
+
+
+class StableContinuousBernoulli(dist.ContinuousBernoulli):
+    """:class:`pyro.distributions.ContinuousBernoulli` whose log-density is computed from the
+    logit: log p(x | ℓ) = x ℓ − softplus(ℓ) + log C(ℓ) (:func:`continuous_bernoulli_log_norm`),
+    normalized for every logit. Sampling and the mean are torch's."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        logits, value = torch.broadcast_tensors(self.logits, value)
+        return (value * logits - F.softplus(logits)
+                + continuous_bernoulli_log_norm(logits))
+
+
 @dataclass(frozen=True)
 class ContinuousBernoulliLikelihood(Likelihood):
-    """Continuous Bernoulli with logits from the decoder."""
+    """Continuous Bernoulli with logits from the decoder, normalized for every logit
+    (:class:`StableContinuousBernoulli`)."""
 
     def distribution(self, logits: torch.Tensor,  # type: ignore[override]
                      scale: torch.Tensor | None = None) -> dist.TorchDistribution:
-        return dist.ContinuousBernoulli(logits=logits)
+        return StableContinuousBernoulli(logits=logits)
 
 
 @dataclass(frozen=True)

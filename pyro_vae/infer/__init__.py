@@ -10,6 +10,7 @@ from pyro_vae.infer.evaluation import (
     evaluate_elbo,
     iwae_log_likelihood,
     log_importance_weights,
+    quadrature_log_likelihood,
 )
 from pyro_vae.infer.trainer import ModelGuide, Trainer
 
@@ -23,4 +24,5 @@ __all__ = [
     "iwae_log_likelihood",
     "log_importance_weights",
     "make_elbo",
+    "quadrature_log_likelihood",
 ]

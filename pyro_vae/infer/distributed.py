@@ -52,7 +52,8 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 def _require_lightning() -> None:
     if L is None:
         raise ConfigError("--strategy ddp needs PyTorch Lightning: pip install "
-                          "'pyro-vae[lightning]' (or pip install lightning)")
+                          "'pyro-vae[lightning]' (or pip install lightning); "
+                          "or use --strategy single")
 
 
 _LightningModule = L.LightningModule if L is not None else torch.nn.Module

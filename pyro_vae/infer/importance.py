@@ -117,7 +117,7 @@ class ImportanceWeightedELBO(ELBO):
             raise ConfigError(f"--num-groups applies to miwae, piwae (and elbo), not {objective}; "
                               "drop it or choose --objective miwae")
         if isinstance(ciwae_beta, bool) or not 0.0 <= ciwae_beta <= 1.0:
-            raise ConfigError(f"--ciwae-beta must lie in [0, 1], got {ciwae_beta!r}")
+            raise ConfigError(f"--ciwae-beta must lie in [0, 1], got {ciwae_beta!r}; e.g. 0.5")
         super().__init__(num_particles=num_particles * num_groups,
                          max_plate_nesting=max_plate_nesting, vectorize_particles=True)
         self.objective, self.estimator = objective, estimator

@@ -57,6 +57,7 @@ from pyro_vae.infer.importance import ImportanceWeightedELBO
 from pyro_vae.infer.optim import build_optimizer
 from pyro_vae.models.builder import build_vae
 from pyro_vae.models.vae import VAE, evaluating
+from pyro_vae.resources import FLOAT_BYTES, check_memory, per_sample_elements
 from pyro_vae.sites import OBS_SCALE_PARAM
 
 
@@ -175,7 +176,7 @@ class Trainer:
         if not hasattr(vae, "model"):
             if not callable(vae) or guide is None:
                 raise ConfigError("Trainer needs a VAE (or an object with .model and .guide), "
-                                  "or a model function together with guide=...")
+                                  "or a model function together with guide=...; pass one of those")
             vae = ModelGuide(vae, guide)
         given = config if config is not None else Config(dataset="file")
         if given.jit is None and not isinstance(vae, VAE):
@@ -195,7 +196,8 @@ class Trainer:
                                   f"the training data has {n}; build it with num_data={n}")
             vae.check_shape(data.x_train[:1])
             if vae.conditional and data.y_train is None:
-                raise ConfigError("the model is conditional but the data has no labels")
+                raise ConfigError("the model is conditional but the data has no labels; "
+                                  "give labelled data or an unconditional model")
         self.vae = vae.to(self.device) if isinstance(vae, nn.Module) else vae
         self.user_guide = guide
         self.guide_fn = guide if guide is not None else vae.guide
@@ -213,6 +215,8 @@ class Trainer:
         self.steps_per_epoch = math.ceil(n / config.batch_size)
         self.kl_schedule = KLSchedule.for_run(config, self.steps_per_epoch)
         self.epoch = 0
+        #: the epoch of the last checkpoint written (by ``train_run``) or loaded, if any
+        self.checkpoint_epoch: int | None = None
         self.global_step = 0
         self.history: list[dict[str, Any]] = []
         self._x_eval_train, self._y_eval_train = train_eval_subset(config, self.data)
@@ -225,6 +229,15 @@ class Trainer:
         pyro.clear_param_store()
         vae = build_vae(config, data.event_shape, num_data=data.x_train.shape[0],
                         num_classes=data.num_classes)
+        draws = min(config.batch_size, data.x_train.shape[0]) * config.num_particles \
+            * config.num_groups
+        # activations forward and backward, twice the decoder's (the encoder mirrors it)
+        check_memory(f"one training step ({draws:,} draws of z: --batch-size × "
+                     "--num-particles)", draws * per_sample_elements(vae) * FLOAT_BYTES * 6,
+                     "lower --batch-size or --num-particles")
+        check_memory(f"--eval-samples {config.eval_samples} (per test point)",
+                     config.eval_samples * per_sample_elements(vae) * FLOAT_BYTES * 3,
+                     "lower --eval-samples")
         return cls(vae, data, config, device=device)
 
     # ------------------------------------------------------------------ programs for SVI
@@ -353,6 +366,8 @@ class Trainer:
             # batch's shape: a smaller last batch cannot use it, so it is left out (its points
             # fall into full batches in other epochs)
             batches.pop()
+        trusted = self.vae.trusted_inputs if isinstance(self.vae, VAE) \
+            else contextlib.nullcontext
         for step, idx in enumerate(batches):
             x = x_all[idx]
             if cfg.binarize == "dynamic":
@@ -361,11 +376,12 @@ class Trainer:
             beta = self.kl_schedule(self.global_step)
             args, kwargs = self._step_args(x, y if self.conditional else None, idx, beta)
             try:
-                loss = self._step(args, kwargs)
+                with trusted():
+                    loss = self._step(args, kwargs)
             except NonFiniteStepError as bad:
                 if not cfg.skip_nonfinite:
-                    kept = (f"the last good checkpoint (epoch {self.epoch}) is kept" if self.epoch
-                            else "no epoch had finished, so no checkpoint was written")
+                    kept = (f"the last checkpoint (epoch {self.checkpoint_epoch}) is kept"
+                            if self.checkpoint_epoch else "no checkpoint had been written")
                     raise TrainingDivergedError(
                         f"the loss or a gradient became {bad.args[0]} at epoch {self.epoch + 1}, "
                         f"step {step + 1}; {kept}: lower --lr, use --optimizer clipped-adam, or "
@@ -407,9 +423,21 @@ class Trainer:
         return self.history
 
     def evaluate(self) -> dict[str, float]:
-        """ELBO, reconstruction and KL per point on the test set and a training subset."""
-        return epoch_metrics(self.vae, self.data, self._x_eval_train, self._y_eval_train,
-                             self.config.eval_samples, guide=self.user_guide)
+        """ELBO, reconstruction and KL per point on the test set and a training subset.
+
+        :raises TrainingDivergedError: when the networks' outputs are no longer finite (torch's
+            distributions refuse NaN parameters), which ``--skip-nonfinite`` cannot skip."""
+        try:
+            return epoch_metrics(self.vae, self.data, self._x_eval_train, self._y_eval_train,
+                                 self.config.eval_samples, guide=self.user_guide)
+        except ValueError as exc:
+            if "constraint" not in str(exc) and "invalid values" not in str(exc):
+                raise
+            kept = (f"the last checkpoint (epoch {self.checkpoint_epoch}) is kept"
+                    if self.checkpoint_epoch else "no checkpoint had been written")
+            raise TrainingDivergedError(
+                f"the model's outputs became NaN or infinite by epoch {self.epoch} (found while "
+                f"evaluating it); {kept}: lower --lr or use --optimizer clipped-adam") from None
 
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -442,5 +470,6 @@ class Trainer:
             self.scheduler.load_state_dict(saved["scheduler"])
         set_rng_state(state["rng"])
         self.epoch = int(state["epoch"])
+        self.checkpoint_epoch = self.epoch
         self.global_step = int(state["global_step"])
         self.history = list(state["history"])

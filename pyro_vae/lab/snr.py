@@ -93,7 +93,7 @@ def measure_snr(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, objective: st
     """R draws of the gradient of ``objective`` with ``estimator`` at K = ``num_particles``."""
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 20:
         raise ConfigError(f"--repeats must be an integer ≥ 20 for standard errors, got "
-                          f"{repeats!r}")
+                          f"{repeats!r}; e.g. --repeats 100")
     loss_fn = ImportanceWeightedELBO(objective, num_particles, num_groups, estimator)
     guide = vae.guide if guide is None else guide
     groups = parameter_groups(vae, guide)
@@ -145,7 +145,7 @@ def run_snr_lab(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,
     """Every (estimator, K) setting, and the fitted slope per (estimator, group)."""
     if not particles or any(isinstance(k, bool) or not isinstance(k, int) or k < 1
                             for k in particles):
-        raise ConfigError("--particles takes positive integers, e.g. 1,4,16,64")
+        raise ConfigError("--particles takes positive integers; give e.g. --particles 1,4,16,64")
     points = []
     for estimator in estimators:
         for k in particles:

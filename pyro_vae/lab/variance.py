@@ -255,7 +255,7 @@ def measure_estimator(
         raise ConfigError("the explicit estimators are written for the built-in diagonal "
                           "Gaussian guide; measure your own guide with implementation='pyro'")
     if repeats < 2:
-        raise ConfigError(f"--repeats must be ≥ 2 to estimate a variance, got {repeats}")
+        raise ConfigError(f"--repeats must be ≥ 2 to estimate a variance, got {repeats}; e.g. 100")
     groups = parameter_groups(vae, guide)
     num_data, vae.num_data = vae.num_data, None  # the batch is the data set: no plate scaling
     was_training = vae.training

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from pyro_vae.config import Config
@@ -10,6 +11,7 @@ from pyro_vae.distributions.likelihoods import make_likelihood
 from pyro_vae.errors import ConfigError
 from pyro_vae.models.vae import VAE
 from pyro_vae.nn.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from pyro_vae.resources import FLOAT_BYTES, check_memory, mlp_parameters
 
 
 def build_vae(
@@ -27,6 +29,14 @@ def build_vae(
         decoder = ConvDecoder(event_shape, latent, likelihood.num_params, cond_dim=cond_dim)
     else:
         hidden = tuple(config.hidden or ())
+        data_dims = math.prod(event_shape)
+        weights = (mlp_parameters([data_dims + cond_dim, *hidden, 2 * latent])
+                   + mlp_parameters([latent + cond_dim, *hidden[::-1],
+                                     data_dims * likelihood.num_params]))
+        # weights, gradients and Adam's two moments
+        check_memory(f"networks of {weights:,} weights (--hidden {','.join(map(str, hidden))}, "
+                     f"--latent-dim {latent})", weights * FLOAT_BYTES * 4,
+                     "lower --hidden or --latent-dim")
         encoder = MLPEncoder(event_shape, latent, hidden, config.activation, cond_dim=cond_dim)
         decoder = MLPDecoder(event_shape, latent, hidden[::-1], config.activation,
                              likelihood.num_params, cond_dim=cond_dim)

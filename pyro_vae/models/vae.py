@@ -90,7 +90,8 @@ def kl_scale(beta: float | torch.Tensor) -> contextlib.AbstractContextManager:
     if not isinstance(beta, torch.Tensor):
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) \
                 or not (0.0 <= beta < math.inf):
-            raise ConfigError(f"the KL weight beta must be a finite number ≥ 0, got {beta!r}")
+            raise ConfigError(f"the KL weight beta must be a finite number ≥ 0, got {beta!r}; "
+                              "use 1 for the ELBO")
         if beta == 1.0:
             return contextlib.nullcontext()
     return KLWeight(beta)
@@ -168,14 +169,15 @@ class VAE(nn.Module):
         if y is None:
             raise DataError(
                 "this is a conditional VAE: pass the labels y (integers in "
-                f"[0, {self.num_classes})) along with x"
+                f"[0, {self.num_classes})) along with x; call model(x, y)"
             )
         if y.is_floating_point() and y.shape == (batch, self.num_classes):
             return y  # rows of class weights, e.g. to interpolate between two classes
         if y.shape != (batch,):
             raise DataError(
                 f"labels y must have shape ({batch},) to match the data (or ({batch}, "
-                f"{self.num_classes}) rows of class weights), got {tuple(y.shape)}"
+                f"{self.num_classes}) rows of class weights), got {tuple(y.shape)}; "
+                "give one label per point"
             )
         return F.one_hot(y.long(), self.num_classes).float()
 
@@ -200,7 +202,7 @@ class VAE(nn.Module):
             return pyro.plate(DATA_PLATE, size=batch)
         if indices is not None:
             if self.num_data is None:
-                raise DataError("mini-batch indices need the full data size: set VAE.num_data")
+                raise DataError("mini-batch indices need the full data size; set VAE.num_data = N")
             return pyro.plate(DATA_PLATE, size=self.num_data, subsample=indices)
         size = self.num_data if (observed and self.num_data) else batch
         return pyro.plate(DATA_PLATE, size=size, subsample_size=batch)
@@ -287,7 +289,82 @@ class VAE(nn.Module):
         """
         return self._model(x, y, None, 1.0, None, scaled=False)
 
+    def check_call(self, x: Any, y: Any = None, indices: Any = None,
+                   beta: Any = 1.0) -> None:
+        """Validate the arguments of :meth:`model` / :meth:`guide`, raising the library's
+        one-line errors: x a floating tensor of the model's shape and dtype, finite and not
+        empty; y integer class labels in range; indices integers in [0, num_data); β finite
+        and ≥ 0. The checks of values (which read the tensors) are skipped while ``torch.jit``
+        traces and inside :meth:`trusted_inputs`, where the trainer feeds data it validated
+        once."""
+        tracing = torch.jit.is_tracing() or self._trusted
+        if x is not None:
+            if not isinstance(x, torch.Tensor):
+                raise DataError(f"x must be a torch.Tensor, got {type(x).__name__}; convert it "
+                                "with torch.as_tensor(x, dtype=torch.float32)")
+            if not x.is_floating_point():
+                raise DataError(f"x must be a floating-point tensor, got {x.dtype}; convert it "
+                                "with x.float()")
+            weight = next(self.decoder.parameters(), None)
+            if weight is not None and x.dtype != weight.dtype:
+                raise DataError(f"x is {x.dtype} but the model's weights are {weight.dtype}; "
+                                f"convert x with x.to({weight.dtype}) (or the model with "
+                                ".to(dtype))")
+            if weight is not None and x.device != weight.device:
+                raise DataError(f"x is on {x.device} but the model is on {weight.device}; move "
+                                f"it with x.to('{weight.device}')")
+            self.check_shape(x)
+            if x.shape[0] == 0:
+                raise DataError("x is an empty batch; pass at least one data point")
+            if not tracing and not bool(torch.isfinite(x).all()):
+                raise DataError("x contains NaN or infinite values; remove or impute them")
+        if y is not None and self.conditional:
+            if not isinstance(y, torch.Tensor):
+                raise DataError(f"y must be a torch.Tensor of class labels, got "
+                                f"{type(y).__name__}; convert it with torch.as_tensor(y)")
+            if not y.is_floating_point() or y.dim() == 1:
+                if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+                    raise DataError(f"labels y must be integers in [0, {self.num_classes}), got "
+                                    f"{y.dtype}; convert them with y.long()")
+                if not tracing and y.numel() and (int(y.min()) < 0
+                                                  or int(y.max()) >= self.num_classes):
+                    raise DataError(f"labels y must lie in [0, {self.num_classes}), got "
+                                    f"{int(y.min())}..{int(y.max())}; renumber the classes 0..C-1")
+        if indices is not None:
+            if not isinstance(indices, torch.Tensor) or indices.is_floating_point() \
+                    or indices.dtype == torch.bool or indices.dim() != 1:
+                raise DataError("indices must be a 1-D integer tensor of positions in the data "
+                                "set (the plate's subsample); e.g. torch.arange(B)")
+            if x is not None and indices.shape[0] != x.shape[0]:
+                raise DataError(f"{indices.shape[0]} indices for a batch of {x.shape[0]} "
+                                "points; give one index per point")
+            if not tracing and self.num_data is not None and indices.numel() and (
+                    int(indices.min()) < 0 or int(indices.max()) >= self.num_data):
+                raise DataError(f"indices must lie in [0, num_data = {self.num_data}), got "
+                                f"{int(indices.min())}..{int(indices.max())}; "
+                                "index the data set's own rows")
+        if not tracing:
+            value = beta if not isinstance(beta, torch.Tensor) else (
+                float(beta) if beta.numel() == 1 else None)
+            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not (0 <= value < math.inf):
+                raise ConfigError(f"beta must be a finite number ≥ 0 (the KL weight), got "
+                                  f"{beta!r}; use 1 for the ELBO, 0 to drop the KL term")
+
+    _trusted = False
+
+    @contextlib.contextmanager
+    def trusted_inputs(self):
+        """Skip :meth:`check_call`'s value checks inside (types, shapes and dtypes are still
+        checked): for a training loop whose data, indices and β were validated once."""
+        previous, self._trusted = self._trusted, True
+        try:
+            yield
+        finally:
+            self._trusted = previous
+
     def _model(self, x, y, indices, beta, num_points, scaled: bool) -> torch.Tensor:
+        self.check_call(x, y, indices, beta)
         register_module(DECODER_MODULE, self.decoder)
         batch = self.batch_size(x, y, num_points)
         device = x.device if x is not None else self.device
@@ -315,6 +392,7 @@ class VAE(nn.Module):
         if x is None:
             raise DataError("the guide q(z|x) needs data x; to generate, run the model alone "
                             "(Predictive(vae.model, num_samples=S)(None, num_points=B))")
+        self.check_call(x, y, indices, beta)
         register_module(ENCODER_MODULE, self.encoder)
         if not self.family.is_diagonal:
             register_module(GUIDE_FAMILY_MODULE, self.family)

@@ -21,15 +21,17 @@ def exact_log_px(vae, x):
     return gaussian_marginal_log_prob(x, lin.bias.detach(), lin.weight.detach(), 0.5).float()
 
 
-def test_ais_reaches_the_exact_log_likelihood():
+def test_ais_reaches_the_exact_log_likelihood_within_002_nats_at_every_point():
+    """T = 6000 intermediate distributions with 2 leapfrog steps each (about 12 s here): the
+    issue's 0.02 nats per point; each error is also within 3 reported standard errors."""
     vae = linear_gaussian_vae()
     torch.manual_seed(0)
     x = torch.randn(10, 3) * 1.5
     pyro.set_rng_seed(0)
-    result = ais_log_likelihood(vae, x, num_steps=1000, num_chains=16)
+    result = ais_log_likelihood(vae, x, num_steps=6000, num_chains=16, leapfrog_steps=2)
     error = result.log_px - exact_log_px(vae, x)
-    assert abs(float(error.mean())) < 0.02
-    assert float(error.abs().max()) < 0.15
+    assert float(error.abs().max()) < 0.02
+    assert bool((error.abs() < 3 * result.stderr + 0.005).all())
     assert 0.4 < result.acceptance < 0.95 and bool((result.ess > 4).all())
     assert all(p.requires_grad for p in vae.parameters())  # unfrozen afterwards
 
@@ -37,12 +39,12 @@ def test_ais_reaches_the_exact_log_likelihood():
 def test_bdmc_sandwiches_the_exact_log_likelihood():
     vae = linear_gaussian_vae()
     pyro.set_rng_seed(0)
-    sandwich = bdmc(vae, num_points=12, num_steps=300, num_chains=16)
+    sandwich = bdmc(vae, num_points=12, num_steps=2000, num_chains=16)
     exact = exact_log_px(vae, sandwich.x)
     # stochastic bounds: each holds in expectation, so a run may cross by its Monte Carlo noise
     assert float(sandwich.lower.mean()) <= float(exact.mean()) + 0.05
     assert float(sandwich.upper.mean()) >= float(exact.mean()) - 0.05
-    assert 0 <= float(sandwich.width.mean()) < 0.1
+    assert -0.01 <= float(sandwich.width.mean()) < 0.05
 
 
 def test_schedules_run_from_zero_to_one():

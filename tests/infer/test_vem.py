@@ -7,10 +7,13 @@ import pyro
 import pytest
 import torch
 from torch import nn
+from torch.distributions import MultivariateNormal, kl_divergence
 
 from pyro_vae import VAE, Config, make_likelihood, train_run
+from pyro_vae.errors import ConfigError
 from pyro_vae.infer.vem import LocalGuide, RowAdam, VariationalEM, fit_local
 from pyro_vae.lab.gap import amortization_gap
+from tests.common import exact_posterior, linear_gaussian_vae
 
 
 def correlated_ppca(d=4, q=2, sigma=0.3, seed=0):
@@ -40,6 +43,38 @@ def test_vem_diagonal_q_reaches_the_exact_kl_optimum_on_ppca():
     exact_scale = torch.diagonal(precision).rsqrt().expand_as(fit.scale)
     torch.testing.assert_close(fit.scale, exact_scale, atol=0, rtol=0.05)
     assert bool((fit.elbo >= fit.start_elbo).all())
+
+
+@pytest.mark.parametrize("kind", ["diag", "full"])
+def test_per_point_fits_converge_to_the_family_optimum_within_0005_nats(kind):
+    """With its learning-rate decay and stopping rule, fit_local reaches the closed-form best
+    member of the family: KL(q ‖ p(z | x)) exceeds the family's minimum — ½ (log det Σ +
+    Σ_i log (Σ⁻¹)_ii) for the diagonal Gaussian, 0 for the full covariance — by < 0.005 nats
+    at every point (a constant learning rate stalled 0.02–0.03 nats short)."""
+    vae = linear_gaussian_vae(guide=kind)
+    torch.manual_seed(0)
+    x = torch.randn(12, 3) * 1.5
+    mean, cov = exact_posterior(vae, x)
+    fit = fit_local(vae, x, init="zero", family=vae.family, seed=0)
+    q = fit.posterior()
+    q = MultivariateNormal(q.mean, q.covariance_matrix) if kind == "full" else \
+        MultivariateNormal(fit.loc, torch.diag_embed(fit.scale ** 2))
+    excess = kl_divergence(q, MultivariateNormal(mean, cov))
+    if kind == "diag":
+        excess = excess - 0.5 * (torch.logdet(cov) + torch.linalg.inv(cov).diagonal().log().sum())
+    assert float(excess.max()) < 0.005 and float(excess.min()) > -1e-4
+    assert fit.steps < 5000  # stopped by its rule, not by the step limit
+
+
+def test_flow_fits_start_at_the_amortized_q_and_never_end_below_it():
+    vae = linear_gaussian_vae(guide="planar", flow_length=2)
+    x = torch.randn(6, 3)
+    fit = fit_local(vae, x, family=vae.family, max_steps=200, check_every=50)
+    assert set(fit.params) == {"loc", "log_scale", "flow0_bias", "flow0_u", "flow0_w",
+                               "flow1_bias", "flow1_u", "flow1_w"}
+    assert bool((fit.elbo >= fit.start_elbo).all()) and fit.elbo.mean() > fit.start_elbo.mean()
+    with pytest.raises(ConfigError, match="init='zero' needs a Gaussian family"):
+        fit_local(vae, x, init="zero", family=vae.family)
 
 
 def test_row_adam_moves_only_the_batch_rows():
