@@ -188,14 +188,17 @@ def main() -> None:
         sections.append(table(settings[name]["dataset"], results, args))
         dump[name] = {g: {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in r.items()}
                       for g, r in results.items()}
+        tallest = 0.0
         for i, r in enumerate(results.values()):
             gaps = [float((r["log_px"] - r["elbo_q_star"]).mean()),
                     float((r["elbo_q_star"] - r["elbo_q"]).mean())]
+            tallest = max(tallest, *gaps)
             ax.bar([i - 0.2, i + 0.2], gaps, width=0.4, color=["C0", "C1"],
                    label=["approximation gap", "amortization gap"] if i == 0 else None)
         ax.set_xticks(range(len(results)), ["FFG", "planar flow"])
         ax.set(title=f"{settings[name]['dataset']}: inference gaps", ylabel="nats per point")
-        ax.legend()
+        ax.set_ylim(min(0.0, ax.get_ylim()[0]), max(tallest, 1e-3) * 1.35)
+        ax.legend(loc="upper left", ncols=2)
     fig.tight_layout()
     fig.savefig(out / "gaps.png", dpi=110)
     text = ("# Inference gaps: FFG and flow encoders\n\n" + "\n".join(sections)
