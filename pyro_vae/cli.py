@@ -183,6 +183,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="write the checkpoint every N epochs (default %(default)s)")
     r.add_argument("--skip-nonfinite", action="store_true",
                    help="skip steps whose loss or gradient is NaN/inf instead of stopping")
+    r.add_argument("--logger", choices=("none", "tensorboard", "mlflow"), default="none",
+                   help="mirror the per-epoch metrics, configuration and figures to TensorBoard "
+                   "(RUN/tensorboard) or MLflow (RUN/mlruns or $MLFLOW_TRACKING_URI) "
+                   "(default %(default)s: the run folder only)")
     r.add_argument("--out", type=_path,
                    help="run folder (default runs/DATASET, or runs/DATASET-N if taken)")
     r.add_argument("--resume", action="store_true",

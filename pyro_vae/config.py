@@ -102,6 +102,7 @@ class Config:
     eval_samples: int = 1
     checkpoint_every: int = 1
     skip_nonfinite: bool = False
+    logger: str = "none"
     extra: dict[str, Any] = field(default_factory=dict)
 
     # -------------------------------------------------------------------- (de)serialization
@@ -203,6 +204,7 @@ class Config:
             raise ConfigError("--jit compiles Pyro's own ELBO; with --objective "
                               f"{self.objective} --estimator {self.estimator} drop --jit")
         _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("logger", self.logger, ("none", "tensorboard", "mlflow"))
         _choice("strategy", self.strategy, STRATEGIES)
         _positive_int("devices", self.devices)
         _positive_int("num-nodes", self.num_nodes)

@@ -45,10 +45,12 @@ from pyro_vae.config import Config
 from pyro_vae.data import DataSet, prepare_data
 from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.infer.trainer import Trainer
+from pyro_vae.loggers import RunLogger, make_logger
 from pyro_vae.models.vae import VAE
 
 #: Options that may differ between a run and its resumption.
-RESUMABLE_CHANGES = frozenset({"epochs", "device", "checkpoint_every", "skip_nonfinite"})
+RESUMABLE_CHANGES = frozenset({"epochs", "device", "checkpoint_every", "skip_nonfinite",
+                               "logger"})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -258,10 +260,22 @@ def _train_locked(config: Config, run_dir: Path, device: torch.device, resume: b
     trainer = Trainer.from_config(config, data, device)
     if state is not None:
         trainer.load_state_dict(state)
+    logger = make_logger(config.logger, run_dir)
     (run_dir / "figures").mkdir(parents=True, exist_ok=True)
     _write_json(run_dir / "config.json", config.to_dict())
     _write_json(run_dir / "environment.json", environment(config, device))
+    try:
+        return _train_epochs(config, run_dir, trainer, data, logger, progress, on_epoch, figures)
+    finally:
+        logger.close()
 
+
+def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, data: DataSet,
+                  logger: RunLogger, progress: bool,
+                  on_epoch: Callable[[dict[str, Any]], None] | None, figures: bool) -> RunResult:
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    if trainer.epoch == 0:
+        logger.log_config(config.to_dict())
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -282,6 +296,7 @@ def _train_locked(config: Config, run_dir: Path, device: torch.device, resume: b
                 save_checkpoint(trainer.state_dict(), ckpt_path)
                 trainer.checkpoint_epoch = trainer.epoch
             write_metrics(run_dir, trainer.history)
+            logger.log_metrics(metrics, trainer.epoch)
             if bar is not None:
                 bar.set_postfix(train_obj=f"{-metrics['train_loss']:.3f}",
                                 test_elbo=f"{metrics['test_elbo']:.3f}")
@@ -302,6 +317,7 @@ def _train_locked(config: Config, run_dir: Path, device: torch.device, resume: b
         from pyro_vae.plots import make_figures
 
         make_figures(trainer.vae, data, trainer.history, run_dir / "figures")
+        logger.log_figures(run_dir / "figures")
     return RunResult(run_dir, trainer.history, trainer)
 
 

@@ -34,3 +34,25 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     assert math.isfinite(elbo.mean) and float(log_px.mean()) > elbo.mean - 0.5
     assert (namespace["gap"].amortization_gap >= 0).all()
     assert namespace["snr"].groups["encoder"].mean_norm > 0
+
+
+def test_every_command_line_in_the_readme_parses():
+    """Every concrete ``pyro-vae ...`` line of the README's bash blocks (and every
+    ``python examples/...`` line's script) still exists with those options: documentation
+    cannot drift from the command line."""
+    import shlex
+
+    from pyro_vae.cli import build_parser
+
+    text = README.read_text()
+    lines = [line.split(" #")[0].strip() for block in re.findall(r"```bash\n(.*?)```", text, re.S)
+             for line in block.splitlines()]
+    commands = [shlex.split(line)[1:] for line in lines
+                if line.startswith("pyro-vae ") and "[" not in line and "|" not in line]
+    assert len(commands) >= 10
+    parser = build_parser()
+    for argv in commands:
+        parser.parse_args(argv)  # a renamed or removed option raises SystemExit here
+    scripts = {m for m in re.findall(r"python (examples/\w+\.py|benchmarks/\w+\.py)", text)}
+    root = README.parent
+    assert scripts and all((root / s).exists() for s in scripts), scripts
