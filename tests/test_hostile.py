@@ -331,3 +331,24 @@ def test_load_dataset_refuses_bad_arguments(kwargs, match):
 def test_load_run_of_a_folder_without_a_run(tmp_path):
     with pytest.raises(PyroVAEError, match="no checkpoint"):
         load_run(tmp_path)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: small_vae(latent_dim=0), "latent_dim"),
+    (lambda: small_vae(hidden=(-1,)), "hidden width"),
+    (lambda: small_vae(event_shape=(0,)), "data dimension"),
+    (lambda: __import__("pyro_vae").Trainer(small_vae(), "data"), "DataSet"),
+    (lambda: __import__("pyro_vae").Trainer(small_vae(), load_dataset("moons"), {"lr": 1}),
+     "Config"),
+    (lambda: __import__("pyro_vae").prior_predictive(small_vae(), num_samples=0), "num_samples"),
+    (lambda: __import__("pyro_vae").posterior_predictive(small_vae(), make_batch(2),
+                                                         num_samples=-1), "num_samples"),
+    (lambda: __import__("pyro_vae").binarize("x"), "floating tensor"),
+    (lambda: __import__("pyro_vae").make_likelihood("gaussian", -1.0), "obs-scale"),
+    (lambda: __import__("pyro_vae").evaluate_elbo(small_vae(num_classes=3), make_batch(4),
+                                                  torch.tensor([0.0, 1.0, 2.0, 1.0])),
+     "integers"),
+])
+def test_api_entry_points_raise_the_librarys_errors(call, match):
+    with pytest.raises(PyroVAEError, match=match):
+        call()

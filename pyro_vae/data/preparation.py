@@ -18,7 +18,7 @@ import torch
 
 from pyro_vae.data.datasets import DataSet, load_dataset
 from pyro_vae.distributions.likelihoods import Likelihood, make_likelihood
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # the configuration imports the data registry: no import at run time
     from pyro_vae.config import Config
@@ -30,6 +30,9 @@ TRAIN_EVAL_POINTS = 10000
 def binarize(x: torch.Tensor, seed: int | None = None) -> torch.Tensor:
     """One draw x_bin ~ Bernoulli(x) per pixel; with ``seed``, from a fixed CPU generator (the
     same draw on every device)."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise DataError(f"binarize takes a floating tensor of probabilities in [0, 1], got "
+                        f"{type(x).__name__}; convert it with torch.as_tensor(x).float()")
     if seed is None:
         return torch.bernoulli(x)
     gen = torch.Generator().manual_seed(seed)

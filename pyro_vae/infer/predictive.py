@@ -20,6 +20,7 @@ import torch
 from pyro import poutine
 from pyro.infer import Predictive
 
+from pyro_vae.errors import check_count
 from pyro_vae.sites import LATENT_SITE, OBS_SITE
 
 _SITES = (LATENT_SITE, OBS_SITE)
@@ -29,6 +30,8 @@ def prior_predictive(vae: Any, num_points: int = 1, num_samples: int = 1,
                      y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """``num_samples`` draws of ``num_points`` points (or one per label of ``y``) from the
     model: ``{"z": (S, B, L), "x": (S, B, *event_shape)}``."""
+    check_count("num_samples", num_samples)
+    check_count("num_points", num_points)
     predictive = Predictive(vae.model, num_samples=num_samples, parallel=True,
                             return_sites=_SITES)
     with torch.no_grad():
@@ -40,6 +43,7 @@ def posterior_predictive(vae: Any, x: torch.Tensor, y: torch.Tensor | None = Non
                          ) -> dict[str, torch.Tensor]:
     """Reconstructions: z ~ q(z | x) (``guide``, default ``vae.guide``), then x' ~ p(x | z);
     ``{"z": (S, B, L), "x": (S, B, *event_shape)}``."""
+    check_count("num_samples", num_samples)
     predictive = Predictive(poutine.uncondition(vae.model), guide=guide or vae.guide,
                             num_samples=num_samples, parallel=True, return_sites=_SITES)
     with torch.no_grad():

@@ -178,6 +178,13 @@ class Trainer:
                 raise ConfigError("Trainer needs a VAE (or an object with .model and .guide), "
                                   "or a model function together with guide=...; pass one of those")
             vae = ModelGuide(vae, guide)
+        if not isinstance(data, DataSet):
+            raise ConfigError(f"Trainer takes its data as a pyro_vae.DataSet, got "
+                              f"{type(data).__name__}; build one with pyro_vae.load_dataset(...) "
+                              "or DataSet(name, x_train, x_test, y_train, y_test, kind)")
+        if config is not None and not isinstance(config, Config):
+            raise ConfigError(f"Trainer's config must be a pyro_vae.Config, got "
+                              f"{type(config).__name__}; use Config(...) or Config.from_dict(d)")
         given = config if config is not None else Config(dataset="file")
         if given.jit is None and not isinstance(vae, VAE):
             given = given.replace(jit=False)

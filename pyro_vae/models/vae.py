@@ -131,8 +131,8 @@ class VAE(nn.Module):
         self.encoder = encoder
         self.decoder = decoder
         self.likelihood = likelihood
-        self.latent_dim = int(latent_dim)
-        self.event_shape = tuple(int(s) for s in event_shape)
+        self.latent_dim = check_count("latent_dim", latent_dim)
+        self.event_shape = tuple(check_count("each data dimension", s) for s in event_shape)
         self.num_data = num_data
         self.num_classes = num_classes
         self.family = family if family is not None else GuideFamily(

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, check_count
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -84,6 +84,7 @@ class MLPEncoder(nn.Module):
         cond_dim: int = 0,
     ) -> None:
         super().__init__()
+        _check_sizes(event_shape, latent_dim, hidden)
         in_features = math.prod(event_shape) + cond_dim
         self.body = mlp([in_features, *hidden], activation)
         if hidden:
@@ -95,6 +96,15 @@ class MLPEncoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h = _with_condition(x.reshape(x.shape[0], -1), y_onehot)
         return self.head(self.body(h))
+
+
+def _check_sizes(event_shape: Sequence[int], latent_dim: int, hidden: Sequence[int]) -> None:
+    """One-line errors for sizes a network cannot have."""
+    check_count("latent_dim", latent_dim)
+    for h in hidden:
+        check_count("a hidden width", h)
+    for d in event_shape:
+        check_count("each data dimension", d)
 
 
 class MLPDecoder(nn.Module):
@@ -110,6 +120,7 @@ class MLPDecoder(nn.Module):
         cond_dim: int = 0,
     ) -> None:
         super().__init__()
+        _check_sizes(event_shape, latent_dim, hidden)
         self.net = mlp([latent_dim + cond_dim, *hidden, num_params * math.prod(event_shape)],
                        activation)
 
