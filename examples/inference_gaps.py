@@ -40,7 +40,7 @@ import torch
 from pyro_vae import Config, quadrature_log_likelihood, train_run
 from pyro_vae.distributions.guides import GuideFamily
 from pyro_vae.infer.ais import bdmc
-from pyro_vae.infer.vem import fit_local, local_elbo
+from pyro_vae.infer.vem import chunked_local_elbo, fit_local
 from pyro_vae.lab.gap import amortization_gap
 from pyro_vae.lab.reporting import markdown_table
 from pyro_vae.models.vae import evaluating
@@ -74,14 +74,7 @@ def flow_q_star_elbo(vae, x, flow_length: int, seed: int, eval_samples: int,
     gen = torch.Generator().manual_seed(seed + 1)
     eps = torch.randn(eval_samples, x.shape[0], vae.latent_dim, generator=gen).to(x.device)
     with evaluating(vae), torch.no_grad():
-        return torch.cat([local_elbo(vae, x[c], None, family,
-                                     {k: v[c] for k, v in fit.params.items()}, eps[:, c])
-                          for c in _chunks(x.shape[0], eval_samples, vae)])
-
-
-def _chunks(n: int, samples: int, vae) -> list[slice]:
-    size = max(1, 2**24 // max(1, samples * math.prod(vae.event_shape)))
-    return [slice(i, i + size) for i in range(0, n, size)]
+        return chunked_local_elbo(vae, x, None, family, fit.params, eps)
 
 
 def mean_se(t: torch.Tensor) -> str:

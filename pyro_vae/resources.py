@@ -116,6 +116,12 @@ def samples_per_chunk(vae: nn.Module, num_points: int, limit: int = CHUNK_ELEMEN
     return max(1, limit // max(1, num_points * per_sample_elements(vae)))
 
 
+def points_per_chunk(vae: nn.Module, draws: int, limit: int = CHUNK_ELEMENTS) -> int:
+    """How many data points fit a chunk of ``limit`` elements with ``draws`` draws of z each
+    (at least 1)."""
+    return max(1, limit // max(1, draws * per_sample_elements(vae)))
+
+
 def check_draws(vae: nn.Module, draws: int, option: str) -> None:
     """One chunk must hold at least one point's ``draws`` draws (AIS chains, say) at once."""
     need = draws * per_sample_elements(vae) * FLOAT_BYTES * 3  # values, gradients, temporaries

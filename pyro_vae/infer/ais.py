@@ -35,7 +35,7 @@ import torch
 
 from pyro_vae.errors import ConfigError, check_count
 from pyro_vae.models.vae import VAE, evaluating, frozen
-from pyro_vae.resources import CHUNK_ELEMENTS, check_draws, per_sample_elements
+from pyro_vae.resources import check_draws, points_per_chunk
 
 TARGET_ACCEPTANCE = 0.65
 
@@ -177,7 +177,7 @@ def ais_log_likelihood(
     draws = num_chains + pilot_chains
     check_draws(vae, draws, "--ais-chains")
     # points per batch: chains × points × the decoder's activations per draw within a chunk
-    batch_size = min(batch_size, max(1, CHUNK_ELEMENTS // (draws * per_sample_elements(vae))))
+    batch_size = min(batch_size, points_per_chunk(vae, draws))
     out, ess, acc, err = [], [], [], []
     with frozen(vae):
         for start in range(0, x.shape[0], batch_size):

@@ -39,7 +39,7 @@ from pyro_vae.data.datasets import DataSet, validate_arrays
 from pyro_vae.errors import ConfigError, check_count
 from pyro_vae.models.vae import VAE, evaluating
 from pyro_vae.nn.module import module_of
-from pyro_vae.resources import CHUNK_ELEMENTS, FLOAT_BYTES, check_memory, per_sample_elements
+from pyro_vae.resources import FLOAT_BYTES, check_memory, per_sample_elements, points_per_chunk
 
 
 @dataclass(frozen=True)
@@ -183,10 +183,10 @@ def evaluate_elbo(
     ``guide`` (default ``vae.guide``)."""
     check_inputs(vae, x, y, batch_size=batch_size, num_samples=num_samples)
     if isinstance(vae, torch.nn.Module):  # draws × points × the decoder's activations
-        per_draw = per_sample_elements(vae)
         check_memory(f"{num_samples} ELBO samples per point",
-                     num_samples * per_draw * FLOAT_BYTES * 3, "lower the ELBO samples")
-        batch_size = min(batch_size, max(1, CHUNK_ELEMENTS // (num_samples * per_draw)))
+                     num_samples * per_sample_elements(vae) * FLOAT_BYTES * 3,
+                     "lower the ELBO samples")
+        batch_size = min(batch_size, points_per_chunk(vae, num_samples))
     with evaluating(*_owners(vae, guide)):
         terms = _batched(lambda xb, yb: elbo_terms(vae, xb, yb, num_samples, guide), x, y,
                          batch_size)
@@ -235,8 +235,8 @@ def iwae_log_likelihood(
                  max_elements=max_elements)
     num_params = vae.likelihood.num_params if hasattr(vae, "likelihood") else 1
     # the decoder's hidden activations per draw, not only the data's dimensions
-    dims = max(math.prod(x.shape[1:]) * num_params, per_sample_elements(vae)
-               if isinstance(vae, torch.nn.Module) else 0)
+    dims = per_sample_elements(vae) if isinstance(vae, torch.nn.Module) \
+        else math.prod(x.shape[1:]) * num_params
     out = []
     with evaluating(*_owners(vae, guide)):
         for start in range(0, x.shape[0], batch_size):

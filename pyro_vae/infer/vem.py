@@ -46,7 +46,7 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.infer.elbo import make_elbo
 from pyro_vae.models.vae import VAE, evaluating, frozen, kl_scale
 from pyro_vae.nn.module import module_of
-from pyro_vae.resources import CHUNK_ELEMENTS, per_sample_elements
+from pyro_vae.resources import points_per_chunk
 from pyro_vae.sites import LATENT_SITE
 
 
@@ -222,12 +222,12 @@ def local_elbo(
     return (log_joint - log_q).mean(0)
 
 
-def _chunked_elbo(vae: VAE, x: torch.Tensor, y: torch.Tensor | None,
-                  family: GuideFamily | None, params: dict[str, torch.Tensor],
-                  eps: torch.Tensor) -> torch.Tensor:
+def chunked_local_elbo(vae: VAE, x: torch.Tensor, y: torch.Tensor | None,
+                       family: GuideFamily | None, params: dict[str, torch.Tensor],
+                       eps: torch.Tensor) -> torch.Tensor:
     """:func:`local_elbo` over chunks of points, so that S draws × N points × the decoder's
     activations stay within :data:`~pyro_vae.resources.CHUNK_ELEMENTS`."""
-    size = max(1, CHUNK_ELEMENTS // max(1, eps.shape[0] * per_sample_elements(vae)))
+    size = points_per_chunk(vae, eps.shape[0])
     return torch.cat([local_elbo(vae, x[i:i + size], None if y is None else y[i:i + size],
                                  family, {k: v[i:i + size] for k, v in params.items()},
                                  eps[:, i:i + size]) for i in range(0, x.shape[0], size)])
@@ -331,7 +331,7 @@ def fit_local(
             params0 = family.local_parameters(loc0, scale0, x, vae._onehot(yy, x.shape[0]))
             if init == "zero":
                 params0 = {k: torch.zeros_like(v) for k, v in params0.items()}
-        start_elbo = _chunked_elbo(vae, x, yy, family, params0, eps_check).detach()
+        start_elbo = chunked_local_elbo(vae, x, yy, family, params0, eps_check).detach()
     params = {k: v.clone().requires_grad_(True) for k, v in params0.items()}
     optim = torch.optim.Adam(list(params.values()), lr=lr)
     current = start_elbo
@@ -349,10 +349,10 @@ def fit_local(
                 step += 1
                 if step <= record_steps:
                     with torch.no_grad():
-                        value = _chunked_elbo(vae, x, yy, family, params, eps_check)
+                        value = chunked_local_elbo(vae, x, yy, family, params, eps_check)
                     curve.append(float(value.mean()))
             with torch.no_grad():
-                current = _chunked_elbo(vae, x, yy, family, params, eps_check)
+                current = chunked_local_elbo(vae, x, yy, family, params, eps_check)
             mean = float(current.mean())
             if mean > best_mean + tol:
                 since, best_mean = 0, mean

@@ -42,10 +42,10 @@ import torch
 
 from pyro_vae.distributions.guides import draw
 from pyro_vae.infer.evaluation import LogMeanExp, elbo_terms, iwae_log_likelihood
-from pyro_vae.infer.vem import LocalFit, fit_local, local_elbo
+from pyro_vae.infer.vem import LocalFit, chunked_local_elbo, fit_local
 from pyro_vae.models.vae import VAE, evaluating
 from pyro_vae.nn.module import module_of
-from pyro_vae.resources import CHUNK_ELEMENTS, per_sample_elements, samples_per_chunk
+from pyro_vae.resources import points_per_chunk, samples_per_chunk
 
 #: log p̂(x) takes, per point, the estimate with the highest value − CONFIDENCE · standard error
 CONFIDENCE = 2.0
@@ -146,13 +146,9 @@ def amortization_gap(
                        guide=guide, family=own)
     gen = torch.Generator().manual_seed(seed + 1)
     eps = torch.randn(eval_samples, x.shape[0], vae.latent_dim, generator=gen).to(x.device)
-    size = max(1, CHUNK_ELEMENTS // max(1, eval_samples * per_sample_elements(vae)))
-    chunks = [slice(i, i + size) for i in range(0, x.shape[0], size)]
 
     def elbo_of(fit_family, params):
-        return torch.cat([local_elbo(vae, x[c], None if yy is None else yy[c], fit_family,
-                                     {k: v[c] for k, v in params.items()}, eps[:, c])
-                          for c in chunks])
+        return chunked_local_elbo(vae, x, yy, fit_family, params, eps)
 
     t = time.perf_counter()
     with evaluating(vae):
@@ -161,9 +157,12 @@ def amortization_gap(
             e_q = elbo_of(own, vae.family.local_parameters(loc, scale, x,
                                                             vae._onehot(yy, x.shape[0])))
         else:
+            size = points_per_chunk(vae, eval_samples)
             with evaluating(*filter(None, [module_of(guide)])):
-                e_q = torch.cat([elbo_terms(vae, x[c], None if yy is None else yy[c],
-                                            eval_samples, guide)["elbo"] for c in chunks])
+                e_q = torch.cat([elbo_terms(vae, x[i:i + size],
+                                            None if yy is None else yy[i:i + size],
+                                            eval_samples, guide)["elbo"]
+                                 for i in range(0, x.shape[0], size)])
         e_star = torch.maximum(elbo_of(own, q_star.params), e_q)
         e_ffg = e_star if own is None else elbo_of(None, ffg.params)
     seconds["elbo"] = time.perf_counter() - t
