@@ -29,14 +29,16 @@ from pyro_vae.data.datasets import DATASETS
 from pyro_vae.distributions.guides import GUIDE_FAMILIES
 from pyro_vae.distributions.likelihoods import LIKELIHOODS
 from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.infer.discrete import DISCRETE_ESTIMATORS
 from pyro_vae.infer.elbo import ELBOS
-from pyro_vae.infer.estimators import SCORE_FAMILY
 from pyro_vae.infer.importance import IW_ESTIMATORS, OBJECTIVES
+from pyro_vae.lab.discrete import DISCRETE_TOY
+from pyro_vae.models.discrete_vae import LATENTS
 from pyro_vae.nn.networks import ACTIVATIONS
 
 #: The source of every option's default: the CLI states none of its own.
 _DEFAULT = Config()
-TRAIN_ESTIMATORS = IW_ESTIMATORS + SCORE_FAMILY
+TRAIN_ESTIMATORS = IW_ESTIMATORS + tuple(e for e in DISCRETE_ESTIMATORS if e not in IW_ESTIMATORS)
 
 
 def _float(text: str) -> float:
@@ -102,7 +104,13 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    "mirrors them (e.g. 400 or 512,256)")
     m.add_argument("--activation", default=_DEFAULT.activation, choices=tuple(ACTIVATIONS),
                    help="hidden activation of the MLPs (default %(default)s)")
-    m.add_argument("--latent-dim", type=_int, help="dimension L of z")
+    m.add_argument("--latent", default=_DEFAULT.latent, choices=LATENTS,
+                   help="the code z: gaussian (L dims), bernoulli (L binary units) or "
+                   "categorical (L groups of --categories classes) (default %(default)s)")
+    m.add_argument("--latent-dim", type=_int,
+                   help="dimension L of z (units of a bernoulli code, groups of a categorical)")
+    m.add_argument("--categories", type=_int, default=_DEFAULT.categories,
+                   help="classes C per group of --latent categorical (default %(default)s)")
     m.add_argument("--likelihood", choices=LIKELIHOODS, help="observation model p(x|z)")
     m.add_argument("--obs-scale", type=_float,
                    help="fixed σ of --likelihood gaussian (b of laplace), or the starting "
@@ -137,7 +145,18 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="the encoder's gradient estimator: reparam (pathwise), stl (sticking the "
                    "landing), dreg (doubly reparameterized), or for the ELBO score, score-avg, "
                    "score-nn (REINFORCE without / with a decaying-average / a learned "
-                   "baseline) (default %(default)s)")
+                   "baseline); for a discrete code also vimco (K ≥ 2 samples), relaxed, "
+                   "relaxed-st (Concrete / Gumbel-softmax, straight-through) and enum (exact) "
+                   "(default: reparam; score-nn for a discrete code)")
+    i.add_argument("--temperature", type=_float, default=_DEFAULT.temperature,
+                   help="starting temperature τ₀ of --estimator relaxed / relaxed-st "
+                   "(default %(default)s)")
+    i.add_argument("--temperature-min", type=_float, default=_DEFAULT.temperature_min,
+                   help="the lowest τ of the schedule τ = max(τ_min, τ₀ exp(-r·step)) "
+                   "(default %(default)s)")
+    i.add_argument("--temperature-decay", type=_float, default=_DEFAULT.temperature_decay,
+                   help="r of the temperature schedule, per step; 0 keeps τ₀ "
+                   "(default %(default)s)")
     i.add_argument("--num-groups", type=_int, default=_DEFAULT.num_groups,
                    help="M, groups of K particles of miwae and piwae (default %(default)s)")
     i.add_argument("--ciwae-beta", type=_float, default=_DEFAULT.ciwae_beta,
@@ -466,6 +485,8 @@ def cmd_variance(args: argparse.Namespace) -> int:
 
     if args.objective is not None:
         return cmd_snr(args)
+    if args.source == DISCRETE_TOY or _is_discrete_source(args.source):
+        return cmd_discrete_variance(args)
     if args.source == GAUSSIAN_TOY:
         raise ConfigError(f"{GAUSSIAN_TOY} is a source for the SNR lab: add --objective iwae "
                           "(or another importance-weighted objective); e.g. --objective iwae")
@@ -496,6 +517,74 @@ def cmd_variance(args: argparse.Namespace) -> int:
     paths = write_report(results, out, meta)
     print(markdown_table(results))
     print(f"{len(results)} estimator settings x {args.repeats} estimates in {seconds:.1f} s; "
+          f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def _is_discrete_source(source: str) -> bool:
+    """Whether a run folder / checkpoint / config JSON describes a discrete-code model."""
+    path = Path(source)
+    config = path / "config.json" if path.is_dir() else path
+    if config.suffix != ".json" or not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("latent", "gaussian") != "gaussian"
+    except (OSError, ValueError, AttributeError):
+        return False  # the regular loader reports a bad file
+
+
+def cmd_discrete_variance(args: argparse.Namespace) -> int:
+    """``pyro-vae variance`` on a discrete code: bias against the exact gradient (when the code
+    can be enumerated), variance and cost per estimator, and the relaxations' temperature
+    sweep (:mod:`pyro_vae.lab.discrete`)."""
+    import torch
+
+    from pyro_vae.infer.discrete import DISCRETE_ESTIMATORS, RELAXED
+    from pyro_vae.lab.discrete import (
+        discrete_table,
+        discrete_toy,
+        run_discrete_lab,
+        temperature_sweep,
+        write_discrete_report,
+    )
+
+    estimators = args.estimators if args.estimators_given else DISCRETE_ESTIMATORS
+    for e in estimators:
+        if e not in DISCRETE_ESTIMATORS:
+            raise ConfigError(f"unknown estimator {e!r} for a discrete code; choose from "
+                              f"{', '.join(DISCRETE_ESTIMATORS)}")
+    if args.vimco_particles < 2:
+        raise ConfigError(f"--vimco-particles must be ≥ 2, got {args.vimco_particles}; e.g. 2")
+    if not args.temperatures or any(not 0 < t < float("inf") for t in args.temperatures):
+        raise ConfigError("--temperatures takes positive numbers; e.g. --temperatures 1,0.5,0.1")
+    if args.source == DISCRETE_TOY:
+        vae, x = discrete_toy(num_points=args.batch_size, seed=args.seed)
+        out_default, dataset = Path("runs") / DISCRETE_TOY, "digits (binarized, 8 units)"
+    else:
+        config, vae, data = load_model_for_lab(args.source, args.device)
+        torch.manual_seed(args.seed)
+        x = data.x_train[: args.batch_size]
+        if config.binarize == "dynamic":
+            x = torch.bernoulli(x)
+        out_default = (Path(args.source).parent if Path(args.source).suffix == ".json"
+                       else Path(args.source))
+        dataset = config.dataset
+    start = time.perf_counter()
+    results = run_discrete_lab(vae, x, tuple(estimators), args.vimco_particles,
+                               args.temperatures[0], args.repeats, args.warmup, args.seed)
+    sweep = temperature_sweep(vae, x, tuple(args.temperatures), args.repeats, args.seed) \
+        if any(e in RELAXED for e in estimators) and len(args.temperatures) > 1 else []
+    seconds = time.perf_counter() - start
+    out = Path(args.out or out_default / "variance")
+    meta = {"source": str(args.source), "dataset": dataset, "batch_size": int(x.shape[0]),
+            "repeats": args.repeats, "seconds": seconds,
+            "states": vae.prior(1).num_states}
+    paths = write_discrete_report(results, sweep, out, meta)
+    print(discrete_table(results))
+    if sweep:
+        print("temperature sweep of the relaxations:\n")
+        print(discrete_table(sweep))
+    print(f"{len(results) + len(sweep)} settings x {args.repeats} estimates in {seconds:.1f} s; "
           f"wrote {', '.join(str(p) for p in paths)}")
     return 0
 
@@ -610,8 +699,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "and report variance, SNR and cost (Markdown, JSON, figures).")
     p.add_argument("source", type=_path,
                    help="run folder / checkpoint (trained parameters), a config "
-                   "JSON (fresh initialization), or 'gaussian-toy' (with --objective: the "
-                   "Gaussian model of Rainforth et al. 2018 near its optimum)")
+                   "JSON (fresh initialization), 'gaussian-toy' (with --objective: the "
+                   "Gaussian model of Rainforth et al. 2018 near its optimum) or "
+                   "'discrete-toy' (8 binary units on digits: every estimator of a discrete "
+                   "code against the exact gradient)")
     p.add_argument("--estimators", type=_csv(str), action=_Given,
                    default=("reparam", "score", "score-avg", "score-nn", "stl"),
                    help="comma-separated: reparam, score, score-avg, score-nn, stl (default all); "
@@ -625,6 +716,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --objective miwae or piwae: M groups of K (default 1)")
     p.add_argument("--json", action="store_true",
                    help="with --objective: print the result as one JSON object")
+    p.add_argument("--vimco-particles", type=_count, default=2,
+                   help="discrete codes: K of vimco, whose bias is measured against the exact "
+                   "gradient of IWAE_K (K-tuples of states are enumerated) (default 2)")
+    p.add_argument("--temperatures", type=_csv(float), default=(1.0, 0.5, 0.25, 0.1),
+                   help="discrete codes: the relaxations' temperatures; the first is used in "
+                   "the main table, all in the sweep (default 1,0.5,0.25,0.1)")
     p.add_argument("--kl", type=_csv(str), default=("mc", "analytic"),
                    help="KL modes: mc (Trace_ELBO) and/or analytic (TraceMeanField_ELBO)")
     p.add_argument("--samples", type=_csv(int), default=(1, 4, 16),

@@ -25,6 +25,8 @@ KL_SCHEDULES = ("constant", "linear", "cyclical")
 ARCHS = ("mlp", "conv")
 STRATEGIES = ("single", "ddp")
 BINARIZE = ("none", "dynamic", "threshold")
+#: the estimator of a discrete code when none is given: NVIL (unbiased, one sample, cheap)
+DEFAULT_DISCRETE = "score-nn"
 
 #: Per-data-set defaults for options left unset. ``digits`` (the default data) trains in about a
 #: minute on 2 CPU cores; ``circle`` follows the source material's architecture and σ = 0.1.
@@ -73,12 +75,17 @@ class Config:
     conditional: bool = False
     guide: str = "diag"
     flow_length: int = 2
+    latent: str = "gaussian"
+    categories: int = 10
     # inference
     elbo: str = "trace"
     jit: bool | None = None
     num_particles: int = 1
     objective: str = "elbo"
-    estimator: str = "reparam"
+    estimator: str | None = None
+    temperature: float = 1.0
+    temperature_min: float = 0.5
+    temperature_decay: float = 1e-4
     num_groups: int = 1
     ciwae_beta: float = 0.5
     optimizer: str = "adam"
@@ -146,6 +153,8 @@ class Config:
         if self.binarize is None and (self.likelihood or changes.get("likelihood")) \
                 != "bernoulli":
             changes["binarize"] = "none"  # the data set's binarization is for Bernoulli only
+        if self.estimator is None:  # the pathwise gradient, or NVIL for a discrete code
+            changes["estimator"] = "reparam" if self.latent == "gaussian" else DEFAULT_DISCRETE
         cfg = dataclasses.replace(self, **changes)
         if cfg.binarize is None:
             cfg.binarize = "none"
@@ -170,7 +179,40 @@ class Config:
         """True when training needs more than Pyro's ELBO with pathwise gradients: an
         importance-weighted objective (:mod:`pyro_vae.infer.importance`), groups of particles,
         or another gradient estimator (these run eagerly)."""
-        return self.objective != "elbo" or self.estimator != "reparam" or self.num_groups > 1
+        return self.objective != "elbo" or self.estimator not in (None, "reparam") \
+            or self.num_groups > 1 or self.latent != "gaussian"
+
+    def _validate_discrete(self, estimators: tuple[str, ...]) -> None:
+        if self.estimator not in estimators:
+            raise ConfigError(f"--estimator {self.estimator} needs a pathwise gradient, which a "
+                              f"{self.latent} code has not; choose one of: "
+                              f"{', '.join(estimators)}")
+        _positive_int("categories", self.categories)
+        if self.latent == "categorical" and self.categories < 2:
+            raise ConfigError(f"--categories must be ≥ 2, got {self.categories}; e.g. 10")
+        for option, value in (("temperature", self.temperature),
+                              ("temperature-min", self.temperature_min)):
+            _positive_float(option, value, "e.g. 0.5")
+        if isinstance(self.temperature_decay, bool) \
+                or not isinstance(self.temperature_decay, (int, float)) \
+                or not 0 <= self.temperature_decay < math.inf:
+            raise ConfigError(f"--temperature-decay must be a finite number ≥ 0, got "
+                              f"{self.temperature_decay!r}; e.g. 1e-4 (0 keeps τ constant)")
+        if self.estimator == "vimco" and self.num_particles < 2:
+            raise ConfigError("--estimator vimco needs K ≥ 2 samples per point (each draw's "
+                              f"baseline is built from the others), got --num-particles "
+                              f"{self.num_particles}; use --num-particles 4")
+        if self.estimator == "enum" and self.num_particles != 1:
+            raise ConfigError("--estimator enum is exact and draws no samples; drop "
+                              "--num-particles")
+        for option, value, default in (("objective", self.objective, "elbo"),
+                                       ("guide", self.guide, "diag"),
+                                       ("elbo", self.elbo, "trace"),
+                                       ("arch", self.arch, "mlp")):
+            if value != default:
+                raise ConfigError(f"--{option} {value} is for Gaussian codes; a {self.latent} "
+                                  f"code takes --{option} {default} (its estimator sets the "
+                                  "objective: vimco for the importance-weighted bound)")
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad option and its allowed values."""
@@ -185,8 +227,15 @@ class Config:
         _choice("objective", self.objective, OBJECTIVES)
         _choice("guide", self.guide, GUIDE_FAMILIES)
         _positive_int("flow-length", self.flow_length, allow_zero=True)
-        _choice("estimator", self.estimator, IW_ESTIMATORS + SCORE_FAMILY)
+        from pyro_vae.infer.discrete import DISCRETE_ESTIMATORS
+        from pyro_vae.models.discrete_vae import LATENTS
+
+        _choice("latent", self.latent, LATENTS)
         _positive_int("num-groups", self.num_groups)
+        if self.latent == "gaussian":
+            _choice("estimator", self.estimator, IW_ESTIMATORS + SCORE_FAMILY)
+        else:
+            self._validate_discrete(DISCRETE_ESTIMATORS)
         if self.estimator in SCORE_FAMILY and self.objective != "elbo":
             raise ConfigError(f"--estimator {self.estimator} trains the ELBO only; use --objective "
                               "elbo, or a pathwise estimator (reparam, stl, dreg) for "

@@ -93,8 +93,7 @@ def _image_figures(vae: VAE, data: DataSet, out: Path) -> list[Path]:
     paths = []
     x, y = data.x_test[:32], None if data.y_test is None else data.y_test[:32]
     with evaluating(vae):
-        loc, _ = vae.encode(x, _labels(vae, y))
-        recon = vae.decode_mean(loc, _labels(vae, y))
+        recon = vae.decode_mean(vae.reconstruction_code(x, _labels(vae, y)), _labels(vae, y))
     fig, axes = _figure(2, 1, figsize=(10, 3.2))
     binary = bool(((x == 0) | (x == 1)).all())
     title = "test images" + (" (binarized, as scored)" if binary else "")
@@ -169,9 +168,9 @@ def plot_interpolation(vae: VAE, data: DataSet, out: Path, steps: int = 10) -> l
             xb = data.x_test[int(diff[0]) : int(diff[0]) + 1]
             yb = data.y_test[int(diff[0]) : int(diff[0]) + 1]
     with evaluating(vae):
-        za = vae.encode(xa, _labels(vae, ya))[0]
-        zb = vae.encode(xb, _labels(vae, yb))[0]
-        t = torch.linspace(0, 1, steps, device=za.device)[:, None]
+        za = vae.reconstruction_code(xa, _labels(vae, ya))
+        zb = vae.reconstruction_code(xb, _labels(vae, yb))
+        t = torch.linspace(0, 1, steps, device=za.device).reshape(-1, *(1,) * (za.dim() - 1))
         z = (1 - t) * za + t * zb
         y = None if not vae.conditional else ya.expand(steps)
         frames = vae.decode_mean(z, y)
@@ -192,8 +191,9 @@ def plot_points(vae: VAE, data: DataSet, path: Path, num_samples: int = 2000) ->
     x = data.x_test.cpu()
     y = None if data.y_test is None else data.y_test.cpu()
     with evaluating(vae):
-        loc, _ = vae.encode(data.x_test, _labels(vae, data.y_test))
-        recon = vae.decode_mean(loc, _labels(vae, data.y_test)).cpu()
+        loc = vae.posterior_mean(data.x_test, _labels(vae, data.y_test))
+        recon = vae.decode_mean(vae.reconstruction_code(data.x_test, _labels(vae, data.y_test)),
+                                _labels(vae, data.y_test)).cpu()
         y_prior = None if not vae.conditional else \
             torch.arange(num_samples, device=vae.device) % vae.num_classes
         pred = prior_predictive(vae, num_points=num_samples, y=y_prior)

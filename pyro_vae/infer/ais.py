@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from pyro_vae.errors import ConfigError, check_count
+from pyro_vae.models.discrete_vae import require_gaussian
 from pyro_vae.models.vae import VAE, evaluating, frozen
 from pyro_vae.resources import check_draws, points_per_chunk
 
@@ -166,6 +167,7 @@ def ais_log_likelihood(
 
     :param pilot_chains: unweighted chains per point whose acceptances adapt the step size
         (0: the step stays ``step_size``)."""
+    require_gaussian(vae, "AIS (HMC on z)")
     for name, value in (("num_steps", num_steps), ("num_chains", num_chains),
                         ("leapfrog_steps", leapfrog_steps), ("batch_size", batch_size)):
         check_count(name, value)
@@ -218,6 +220,7 @@ def bdmc(vae: VAE, num_points: int = 16, num_steps: int = 2000, num_chains: int 
     """Simulate (z*, x) from the model, then forward AIS (lower bound) and reverse AIS from z*
     (upper bound) on the same x. The reverse run uses the forward run's step sizes, reversed:
     adapting on chains that start at z* would make its kernels depend on z*."""
+    require_gaussian(vae, "BDMC (HMC on z)")
     check_count("num_points", num_points)
     check_count("num_chains", num_chains)
     betas = schedule(num_steps, schedule_kind)

@@ -124,6 +124,8 @@ def _rebuild(fn: dist.TorchDistribution, kind: str) -> dist.TorchDistribution:
     """``fn`` as the score-function (``kind="score"``) or sticking-the-landing (``"stl"``)
     version of its Gaussian, keeping its ``to_event`` dims: the guide site may be a diagonal
     (``Normal``) or full-covariance (``MultivariateNormal``) Gaussian."""
+    if kind == "score" and not fn.has_rsample:
+        return fn  # already a score-function site (a discrete code)
     base, ndims = fn, 0
     while isinstance(base, dist.Independent):
         ndims += base.reinterpreted_batch_ndims
@@ -185,8 +187,10 @@ class DifferentiableTraceGraph_ELBO(TraceGraph_ELBO):  # noqa: N801 (Pyro's nami
     (the surrogate ``loss_and_grads`` backpropagates, baseline losses included)."""
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        loss, surrogate = self._loss_and_surrogate_loss(model, guide, args, kwargs)
-        return surrogate - surrogate.detach() + torch.as_tensor(loss).detach()
+        # Pyro's ``_loss_and_surrogate_loss`` returns the ELBO (not the loss) and the surrogate
+        # loss; the loss is −ELBO, as ``loss_and_grads`` reports it
+        elbo, surrogate = self._loss_and_surrogate_loss(model, guide, args, kwargs)
+        return surrogate - surrogate.detach() - torch.as_tensor(elbo).detach()
 
 
 class NeuralBaseline(nn.Module):
@@ -378,6 +382,7 @@ def _score_function_guide(
                                          nn_baseline_input=nn_input)
         return handler(base_guide)(x, y, indices, beta)
 
+    sf_guide.baseline_net = net  # for callers that train the baseline themselves
     return sf_guide
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import pyro
 import torch
 from pyro import poutine
-from torch.distributions import kl_divergence
+from torch.distributions import Distribution, kl_divergence
 
 from pyro_vae.data.datasets import DataSet, validate_arrays
 from pyro_vae.errors import ConfigError, check_count
@@ -90,8 +90,15 @@ def _traces(vae: Any, guide: Callable[..., Any], x: torch.Tensor, y: torch.Tenso
 
 def _kl(guide_tr: poutine.Trace, model_tr: poutine.Trace, name: str) -> torch.Tensor | None:
     """KL(q ‖ p) of latent site ``name`` in closed form, or ``None`` where torch has none."""
+    q, p = guide_tr.nodes[name]["fn"], model_tr.nodes[name]["fn"]
     try:
-        return kl_divergence(guide_tr.nodes[name]["fn"], model_tr.nodes[name]["fn"])
+        distributions = isinstance(q, Distribution) and isinstance(p, Distribution)
+        if distributions and q.batch_shape != p.batch_shape:
+            # e.g. a prior broadcast by the particle plate: some closed forms (Bernoulli's)
+            # index with masks and need equal shapes
+            batch = torch.broadcast_shapes(q.batch_shape, p.batch_shape)
+            q, p = q.expand(batch), p.expand(batch)
+        return kl_divergence(q, p)
     except NotImplementedError:
         return None
 
@@ -133,11 +140,11 @@ def elbo_terms(
 
 
 def latent_means(vae: VAE, data: DataSet, max_points: int = 5000) -> torch.Tensor:
-    """Posterior means μ(x) of up to ``max_points`` test points, shape (n, L)."""
+    """Posterior means E_q[z | x] of up to ``max_points`` test points, shape (n, L)."""
     x = data.x_test[:max_points]
     y = data.y_test[:max_points] if vae.conditional and data.y_test is not None else None
     with evaluating(vae):
-        return torch.cat([vae.encode(x[i:i + 1000], None if y is None else y[i:i + 1000])[0]
+        return torch.cat([vae.posterior_mean(x[i:i + 1000], None if y is None else y[i:i + 1000])
                           for i in range(0, x.shape[0], 1000)])
 
 

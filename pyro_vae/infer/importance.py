@@ -102,6 +102,10 @@ class ImportanceWeightedELBO(ELBO):
         plate goes at dim ``-(max_plate_nesting + 1)``.
     """
 
+    #: whether guide sites without ``rsample`` are accepted (by a subclass that adds a
+    #: score-function term for them, :class:`~pyro_vae.infer.discrete.VIMCO_ELBO`)
+    score_sites_allowed = False
+
     def __init__(self, objective: str = "iwae", num_particles: int = 5, num_groups: int = 1,
                  estimator: str = "reparam", ciwae_beta: float = 0.5,
                  max_plate_nesting: int = 1) -> None:
@@ -181,8 +185,10 @@ class ImportanceWeightedELBO(ELBO):
     def _log_weights(self, model_trace, guide_trace) -> dict[str, Any]:
         """Per-particle, per-point pieces of log w: the model's log p (attached), the guide's
         log q with fixed parameters (z-path only), the guide's log q at detached draws
-        (parameter path only), and the latent values."""
-        log_p = log_q_fixed = log_q_params = 0.0
+        (parameter path only), and the latent values. Where :attr:`score_sites_allowed`, a
+        non-reparameterized guide site's log q (parameter path: its draw has no gradient)
+        enters ``log_q_fixed`` whole and is also summed in ``log_q_score``."""
+        log_p = log_q_fixed = log_q_params = log_q_score = 0.0
         scale = None
         latents = []
         for site in model_trace.nodes.values():
@@ -194,6 +200,11 @@ class ImportanceWeightedELBO(ELBO):
             if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
                 continue
             fn, z = site["fn"], site["value"]
+            if not fn.has_rsample and self.score_sites_allowed:
+                lq, _ = self._local(site, fn.log_prob(z))
+                log_q_fixed = log_q_fixed + lq
+                log_q_score = log_q_score + lq
+                continue
             if not fn.has_rsample:
                 raise ConfigError(
                     f"guide site {site['name']!r} is not reparameterizable; the "
@@ -225,7 +236,7 @@ class ImportanceWeightedELBO(ELBO):
         if scale is None:
             raise ConfigError("the model has no sample site; nothing to weight")
         return {"log_p": log_p, "log_q_fixed": log_q_fixed, "log_q_params": log_q_params,
-                "latents": latents, "scale": scale}
+                "log_q_score": log_q_score, "latents": latents, "scale": scale}
 
     # ------------------------------------------------------------------ the objective
     def _coefficients(self, log_w: torch.Tensor) -> dict[str, torch.Tensor]:

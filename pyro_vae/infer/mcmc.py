@@ -16,6 +16,7 @@ import torch
 from pyro.infer import MCMC, NUTS
 
 from pyro_vae.errors import check_count
+from pyro_vae.models.discrete_vae import require_gaussian
 from pyro_vae.models.vae import frozen
 from pyro_vae.sites import LATENT_SITE
 
@@ -29,6 +30,7 @@ def nuts_posterior(vae: Any, x: torch.Tensor, y: torch.Tensor | None = None,
     The global random state is left as it was (the chain runs on a forked generator seeded
     with ``seed``).
     """
+    require_gaussian(vae, "NUTS on z")
     check_count("num_samples", num_samples)
     check_count("warmup_steps", warmup_steps)
     devices = [x.device] if x.device.type == "cuda" else []

@@ -50,12 +50,14 @@ from pyro_vae.data.preparation import binarize, preprocess_data, train_eval_subs
 from pyro_vae.distributions.likelihoods import LIKELIHOODS
 from pyro_vae.errors import CheckpointError, ConfigError, TrainingDivergedError
 from pyro_vae.infer.annealing import KLSchedule
+from pyro_vae.infer.discrete import DiscreteObjective, TemperatureSchedule
 from pyro_vae.infer.elbo import make_elbo
 from pyro_vae.infer.estimators import SCORE_FAMILY, mean_integrand, svi_objective
 from pyro_vae.infer.evaluation import evaluate_elbo
 from pyro_vae.infer.importance import ImportanceWeightedELBO
 from pyro_vae.infer.optim import build_optimizer
 from pyro_vae.models.builder import build_vae
+from pyro_vae.models.discrete_vae import DiscreteVAE
 from pyro_vae.models.vae import VAE, evaluating
 from pyro_vae.resources import FLOAT_BYTES, check_memory, per_sample_elements
 from pyro_vae.sites import OBS_SCALE_PARAM
@@ -188,6 +190,9 @@ class Trainer:
         given = config if config is not None else Config(dataset="file")
         if given.jit is None and not isinstance(vae, VAE):
             given = given.replace(jit=False)
+        if isinstance(vae, DiscreteVAE) and given.latent != vae.latent:
+            given = given.replace(latent=vae.latent, categories=vae.categories or
+                                  given.categories)  # the model's code decides the estimators
         if isinstance(vae, VAE) and vae.likelihood.name in LIKELIHOODS:
             # the model's own likelihood decides binarization and the data checks
             given = given.replace(likelihood=vae.likelihood.name)
@@ -213,6 +218,11 @@ class Trainer:
             owner.to(self.device)
         self.owners = tuple(m for m in (self.vae, owner) if isinstance(m, nn.Module))
         self.conditional = bool(getattr(vae, "conditional", False))
+        self.model_fn = vae.model
+        #: the discrete code's objective (:class:`~pyro_vae.infer.discrete.DiscreteObjective`)
+        self.discrete: DiscreteObjective | None = None
+        self.temperature_schedule = TemperatureSchedule(
+            config.temperature, config.temperature_min, config.temperature_decay)
         self.elbo, self.guide_fn = self._objective()
         self.model, self.guide = self._programs()
         self.params = self._discover_params()
@@ -255,7 +265,7 @@ class Trainer:
         score-function estimator, ``TraceGraph_ELBO`` with the guide's ``"z"`` made
         non-reparameterized (:func:`~pyro_vae.infer.estimators.svi_objective`)."""
         cfg = self.config
-        if cfg.estimator in SCORE_FAMILY:
+        if cfg.estimator in SCORE_FAMILY or cfg.latent != "gaussian":
             kl = "analytic" if cfg.elbo == "meanfield" else "mc"
             offset = 0.0
             if cfg.estimator == "score-nn" and isinstance(self.vae, VAE) \
@@ -266,6 +276,12 @@ class Trainer:
                 y = self.data.y_train[:cfg.batch_size] if self.conditional else None
                 with evaluating(self.vae):
                     offset = mean_integrand(self.vae, x, y, kl) * n / x.shape[0]
+            if cfg.latent != "gaussian":
+                self.discrete = DiscreteObjective(
+                    self.vae, cfg.estimator, cfg.num_particles, self.temperature_schedule(0),
+                    baseline_offset=offset, guide=self.user_guide)
+                self.model_fn = self.discrete.model
+                return self.discrete.elbo, self.discrete.guide
             guide, elbo = svi_objective(self.vae, cfg.estimator, kl, cfg.num_particles,
                                         baseline_offset=offset, guide=self.user_guide)
             return elbo, guide
@@ -277,7 +293,7 @@ class Trainer:
     def _programs(self):
         """Model and guide as SVI sees them. With JIT, every positional argument must be a
         tensor and the batch size is a keyword, so each batch size compiles once."""
-        vae_model, vae_guide = self.vae.model, self.guide_fn
+        vae_model, vae_guide = self.model_fn, self.guide_fn
         if not self.config.jit:
             return vae_model, vae_guide
         if self.conditional:
@@ -381,6 +397,8 @@ class Trainer:
                 x = binarize(x)
             y = None if y_all is None else y_all[idx]
             beta = self.kl_schedule(self.global_step)
+            if self.discrete is not None and self.discrete.temperature is not None:
+                self.discrete.set_temperature(self.temperature_schedule(self.global_step))
             args, kwargs = self._step_args(x, y if self.conditional else None, idx, beta)
             try:
                 with trusted():
@@ -413,6 +431,8 @@ class Trainer:
             "seconds": train_seconds,
             "skipped_steps": skipped,
         }
+        if self.discrete is not None and self.discrete.temperature is not None:
+            metrics["temperature"] = self.discrete.temperature
         metrics.update(self.evaluate())
         scale = self.vae.obs_scale() if isinstance(self.vae, VAE) else None
         if scale is not None:

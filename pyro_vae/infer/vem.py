@@ -44,6 +44,7 @@ from torch.distributions import constraints, kl_divergence
 from pyro_vae.distributions.guides import GuideFamily, draw
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer.elbo import make_elbo
+from pyro_vae.models.discrete_vae import require_gaussian
 from pyro_vae.models.vae import VAE, evaluating, frozen, kl_scale
 from pyro_vae.nn.module import module_of
 from pyro_vae.resources import points_per_chunk
@@ -302,6 +303,7 @@ def fit_local(
     ``init="zero"`` starts from the prior (μ = 0, σ = 1, a Gaussian family's correlations 0).
     ``record_steps`` > 0 also records the fixed-draw ELBO after each of the first steps.
     """
+    require_gaussian(vae, "per-point Gaussian fits (vEM)")
     if init not in ("encoder", "zero"):
         raise ConfigError(f"unknown init {init!r}; use encoder or zero")
     if family is not None and family.is_diagonal:

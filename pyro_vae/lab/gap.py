@@ -43,6 +43,7 @@ import torch
 from pyro_vae.distributions.guides import draw
 from pyro_vae.infer.evaluation import LogMeanExp, elbo_terms, iwae_log_likelihood
 from pyro_vae.infer.vem import LocalFit, chunked_local_elbo, fit_local
+from pyro_vae.models.discrete_vae import require_gaussian
 from pyro_vae.models.vae import VAE, evaluating
 from pyro_vae.nn.module import module_of
 from pyro_vae.resources import points_per_chunk, samples_per_chunk
@@ -131,6 +132,7 @@ def amortization_gap(
     :param fit_kwargs: passed to every :func:`~pyro_vae.infer.vem.fit_local` (``max_steps``,
         ``lr``, ``tol``, ...).
     """
+    require_gaussian(vae, "the gap report")
     yy = y if vae.conditional else None
     own = None if guide is not None or vae.family.is_diagonal else vae.family
     family = "custom" if guide is not None else vae.family.kind

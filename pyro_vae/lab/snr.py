@@ -30,6 +30,7 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.infer.importance import ImportanceWeightedELBO
 from pyro_vae.lab import reporting
 from pyro_vae.lab.variance import GradientMoments, GroupStats, flat_gradients, parameter_groups
+from pyro_vae.models.discrete_vae import require_gaussian
 from pyro_vae.models.vae import VAE
 
 
@@ -91,6 +92,7 @@ def measure_snr(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, objective: st
                 estimator: str, num_particles: int, num_groups: int = 1, repeats: int = 100,
                 guide: Any = None) -> SNRPoint:
     """R draws of the gradient of ``objective`` with ``estimator`` at K = ``num_particles``."""
+    require_gaussian(vae, "the SNR lab of importance-weighted objectives")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 20:
         raise ConfigError(f"--repeats must be an integer ≥ 20 for standard errors, got "
                           f"{repeats!r}; e.g. --repeats 100")

@@ -9,8 +9,15 @@ from pyro_vae.config import Config
 from pyro_vae.distributions.guides import GuideFamily
 from pyro_vae.distributions.likelihoods import make_likelihood
 from pyro_vae.errors import ConfigError
+from pyro_vae.models.discrete_vae import DiscreteVAE
 from pyro_vae.models.vae import VAE
-from pyro_vae.nn.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from pyro_vae.nn.networks import (
+    ConvDecoder,
+    ConvEncoder,
+    MLPDecoder,
+    MLPEncoder,
+    MLPLogitsEncoder,
+)
 from pyro_vae.resources import FLOAT_BYTES, check_memory, mlp_parameters
 
 
@@ -24,6 +31,8 @@ def build_vae(
         raise ConfigError("--conditional needs labelled data; this data set has no labels")
     cond_dim = num_classes if config.conditional else 0
     latent = config.latent_dim
+    if config.latent != "gaussian":
+        return _build_discrete(config, event_shape, num_data, num_classes, likelihood, cond_dim)
     if config.arch == "conv":
         encoder = ConvEncoder(event_shape, latent, cond_dim=cond_dim)
         decoder = ConvDecoder(event_shape, latent, likelihood.num_params, cond_dim=cond_dim)
@@ -44,3 +53,26 @@ def build_vae(
                          cond_dim=cond_dim)
     return VAE(encoder, decoder, likelihood, latent, event_shape, num_data=num_data,
                num_classes=num_classes if config.conditional else None, family=family)
+
+
+def _build_discrete(config: Config, event_shape: Sequence[int], num_data: int | None,
+                    num_classes: int | None, likelihood, cond_dim: int) -> DiscreteVAE:
+    """A :class:`DiscreteVAE` with MLP networks: logits of the code, decoder on the flat code."""
+    code_shape = (config.latent_dim,) if config.latent == "bernoulli" \
+        else (config.latent_dim, config.categories)
+    code = math.prod(code_shape)
+    hidden = tuple(config.hidden or ())
+    data_dims = math.prod(event_shape)
+    weights = (mlp_parameters([data_dims + cond_dim, *hidden, code])
+               + mlp_parameters([code + cond_dim, *hidden[::-1],
+                                 data_dims * likelihood.num_params]))
+    check_memory(f"networks of {weights:,} weights (--hidden {','.join(map(str, hidden))}, "
+                 f"code of {code} cells)", weights * FLOAT_BYTES * 4,
+                 "lower --hidden, --latent-dim or --categories")
+    encoder = MLPLogitsEncoder(event_shape, code_shape, hidden, config.activation,
+                               cond_dim=cond_dim)
+    decoder = MLPDecoder(event_shape, code, hidden[::-1], config.activation,
+                         likelihood.num_params, cond_dim=cond_dim)
+    return DiscreteVAE(encoder, decoder, likelihood, config.latent, config.latent_dim,
+                       event_shape, num_data=num_data, categories=config.categories,
+                       num_classes=num_classes if config.conditional else None)

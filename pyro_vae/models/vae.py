@@ -145,6 +145,11 @@ class VAE(nn.Module):
 
     # ------------------------------------------------------------------ helpers
     @property
+    def latent_event_shape(self) -> tuple[int, ...]:
+        """The event shape of site ``"z"``: ``(latent_dim,)`` (a discrete code may differ)."""
+        return (self.latent_dim,)
+
+    @property
     def conditional(self) -> bool:
         return self.num_classes is not None
 
@@ -231,7 +236,7 @@ class VAE(nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         # z may carry leading sample dims (vectorized particles, Predictive): flatten them so
         # that any decoder taking (B, L) works, then restore them.
-        lead = z.shape[:-1]
+        lead = z.shape[:z.dim() - len(self.latent_event_shape)]
         flat = z.reshape(-1, self.latent_dim)
         if y_onehot is not None:
             flat_y = y_onehot.expand(*lead, y_onehot.shape[-1]).reshape(flat.shape[0], -1)
@@ -247,7 +252,8 @@ class VAE(nn.Module):
         self, z: torch.Tensor, y: torch.Tensor | None = None
     ) -> dist.TorchDistribution:
         """p_θ(x | z [, y]) with event shape ``event_shape`` and batch shape ``z.shape[:-1]``."""
-        y_onehot = self._onehot(y, z.shape[-2]) if self.conditional else None
+        y_onehot = self._onehot(y, z.shape[-1 - len(self.latent_event_shape)]) \
+            if self.conditional else None
         base = self.likelihood.distribution(*self._decoder_params(z, y_onehot),
                                             scale=self.obs_scale())
         return base.to_event(len(self.event_shape))
@@ -408,6 +414,15 @@ class VAE(nn.Module):
         """q_φ(z|x) as a distribution with batch shape (B,) and event shape (L,)."""
         loc, scale = self.encode(x, y)
         return self.family(loc, scale, x, self._onehot(y, x.shape[0]))
+
+    def posterior_mean(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder's μ_φ(x), shape (B, L) (the mean of q for the diagonal Gaussian)."""
+        return self.encode(x, y)[0]
+
+    def reconstruction_code(self, x: torch.Tensor, y: torch.Tensor | None = None
+                            ) -> torch.Tensor:
+        """The code decoded for a reconstruction of x: μ_φ(x)."""
+        return self.encode(x, y)[0]
 
     def prior(self, batch: int, device: torch.device | str = "cpu") -> dist.Normal:
         """p(z) = N(0, I) with batch shape (batch,)."""

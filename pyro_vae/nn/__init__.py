@@ -8,6 +8,7 @@ from pyro_vae.nn.networks import (
     GaussianHead,
     MLPDecoder,
     MLPEncoder,
+    MLPLogitsEncoder,
 )
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "GaussianHead",
     "MLPDecoder",
     "MLPEncoder",
+    "MLPLogitsEncoder",
     "register_module",
     "register_param",
 ]

@@ -98,6 +98,30 @@ class MLPEncoder(nn.Module):
         return self.head(self.body(h))
 
 
+class MLPLogitsEncoder(nn.Module):
+    """q_φ(z|x) of a discrete code: flatten x (and append y), hidden layers, then
+    ``prod(code_shape)`` logits read as ``(B, *code_shape)`` — K units, or G groups of C classes.
+    """
+
+    def __init__(
+        self,
+        event_shape: Sequence[int],
+        code_shape: Sequence[int],
+        hidden: Sequence[int] = (400,),
+        activation: str = "relu",
+        cond_dim: int = 0,
+    ) -> None:
+        super().__init__()
+        _check_sizes(event_shape, math.prod(code_shape), hidden)
+        self.code_shape = tuple(code_shape)
+        in_features = math.prod(event_shape) + cond_dim
+        self.net = mlp([in_features, *hidden, math.prod(code_shape)], activation)
+
+    def forward(self, x: torch.Tensor, y_onehot: torch.Tensor | None = None) -> torch.Tensor:
+        h = _with_condition(x.reshape(x.shape[0], -1), y_onehot)
+        return self.net(h).reshape(x.shape[0], *self.code_shape)
+
+
 def _check_sizes(event_shape: Sequence[int], latent_dim: int, hidden: Sequence[int]) -> None:
     """One-line errors for sizes a network cannot have."""
     check_count("latent_dim", latent_dim)
