@@ -20,6 +20,7 @@ from pyro_vae.config import (
     BINARIZE,
     KL_SCHEDULES,
     LR_SCHEDULES,
+    MODELS,
     OPTIMIZERS,
     STRATEGIES,
     Config,
@@ -104,6 +105,15 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    "mirrors them (e.g. 400 or 512,256)")
     m.add_argument("--activation", default=_DEFAULT.activation, choices=tuple(ACTIVATIONS),
                    help="hidden activation of the MLPs (default %(default)s)")
+    m.add_argument("--model", default=_DEFAULT.model, choices=MODELS,
+                   help="vae, or m2: the semi-supervised VAE of Kingma et al. (2014), with y "
+                   "summed out by TraceEnum_ELBO where it is not given (default %(default)s)")
+    m.add_argument("--labels", type=_int, default=_DEFAULT.labels,
+                   help="--model m2: labelled training points, equally many per class; the "
+                   "rest lose their labels (default %(default)s)")
+    m.add_argument("--aux-weight", type=_float, default=_DEFAULT.aux_weight,
+                   help="--model m2: weight of the classification term, α / N "
+                   "(default %(default)s, the paper's α = 0.1·N)")
     m.add_argument("--latent", default=_DEFAULT.latent, choices=LATENTS,
                    help="the code z: gaussian (L dims), bernoulli (L binary units) or "
                    "categorical (L groups of --categories classes) (default %(default)s)")

@@ -25,6 +25,8 @@ KL_SCHEDULES = ("constant", "linear", "cyclical")
 ARCHS = ("mlp", "conv")
 STRATEGIES = ("single", "ddp")
 BINARIZE = ("none", "dynamic", "threshold")
+#: ``vae``: the (conditional) VAE of --latent; ``m2``: the semi-supervised VAE of Kingma et al.
+MODELS = ("vae", "m2")
 #: the estimator of a discrete code when none is given: NVIL (unbiased, one sample, cheap)
 DEFAULT_DISCRETE = "score-nn"
 
@@ -77,6 +79,9 @@ class Config:
     flow_length: int = 2
     latent: str = "gaussian"
     categories: int = 10
+    model: str = "vae"
+    labels: int = 100
+    aux_weight: float = 0.1
     # inference
     elbo: str = "trace"
     jit: bool | None = None
@@ -180,7 +185,26 @@ class Config:
         importance-weighted objective (:mod:`pyro_vae.infer.importance`), groups of particles,
         or another gradient estimator (these run eagerly)."""
         return self.objective != "elbo" or self.estimator not in (None, "reparam") \
-            or self.num_groups > 1 or self.latent != "gaussian"
+            or self.num_groups > 1 or self.latent != "gaussian" or self.model != "vae"
+
+    def _validate_m2(self) -> None:
+        _positive_int("labels", self.labels)
+        if isinstance(self.aux_weight, bool) or not isinstance(self.aux_weight, (int, float)) \
+                or not 0 <= self.aux_weight < math.inf:
+            raise ConfigError(f"--aux-weight must be a finite number ≥ 0, got "
+                              f"{self.aux_weight!r}; e.g. 0.1 (the paper's α = 0.1·N)")
+        for option, value, default in (("latent", self.latent, "gaussian"),
+                                       ("objective", self.objective, "elbo"),
+                                       ("estimator", self.estimator, "reparam"),
+                                       ("guide", self.guide, "diag"),
+                                       ("elbo", self.elbo, "trace"),
+                                       ("arch", self.arch, "mlp"),
+                                       ("strategy", self.strategy, "single")):
+            if value != default:
+                raise ConfigError(f"--model m2 takes --{option} {default} (its y is summed out "
+                                  f"by TraceEnum_ELBO), got --{option} {value}; drop it")
+        if self.conditional:
+            raise ConfigError("--model m2 models the label itself; drop --conditional")
 
     def _validate_discrete(self, estimators: tuple[str, ...]) -> None:
         if self.estimator not in estimators:
@@ -231,6 +255,9 @@ class Config:
         from pyro_vae.models.discrete_vae import LATENTS
 
         _choice("latent", self.latent, LATENTS)
+        _choice("model", self.model, MODELS)
+        if self.model == "m2":
+            self._validate_m2()
         _positive_int("num-groups", self.num_groups)
         if self.latent == "gaussian":
             _choice("estimator", self.estimator, IW_ESTIMATORS + SCORE_FAMILY)

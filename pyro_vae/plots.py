@@ -239,10 +239,67 @@ def make_figures(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [plot_elbo_curves(history, out / "elbo.png")] if history else []
+    from pyro_vae.models.discrete_vae import DiscreteVAE
+    from pyro_vae.models.m2 import SemiSupervisedVAE
+
+    if isinstance(vae, SemiSupervisedVAE):
+        return paths + plot_semi_supervised(vae, data, history, out)
+    if isinstance(vae, DiscreteVAE) and vae.latent == "categorical":
+        paths.append(plot_class_usage(vae, data, out / "class_usage.png"))
     if data.kind == "image":
         paths += _image_figures(vae, data, out)
     elif data.event_shape == (2,):
         paths.append(plot_points(vae, data, out / "overview.png"))
     else:
         paths.append(plot_latent(vae, data, out / "latent.png"))
+    return paths
+
+
+def plot_class_usage(vae: Any, data: DataSet, path: Path, max_points: int = 5000) -> Path:
+    """A categorical code's class usage: per group g and class c, the mean of q(z_g = c | x)
+    over test points (a group whose row is flat, 1/C everywhere, is unused)."""
+    x = data.x_test[:max_points]
+    with evaluating(vae):
+        probs = torch.cat([vae.posterior(x[i:i + 1000]).base_dist.probs
+                           for i in range(0, x.shape[0], 1000)]).mean(0).cpu()
+    fig, ax = _figure(figsize=(0.5 * probs.shape[1] + 2, 0.3 * probs.shape[0] + 1.5))
+    image = ax.imshow(probs.numpy(), cmap="viridis", vmin=0, aspect="auto")
+    fig.colorbar(image, ax=ax, label="mean q(z_g = c | x) over test points")
+    ax.set_xlabel("class c")
+    ax.set_ylabel("group g")
+    ax.set_title("categorical code: class usage per group")
+    return _save(fig, path)
+
+
+def plot_semi_supervised(vae: Any, data: DataSet, history: list[dict[str, Any]], out: Path
+                         ) -> list[Path]:
+    """M2: test accuracy of q(y|x) per epoch; the "analogies" grid (each test image's style
+    z = μ(x, ŷ) decoded with every class y); samples of every class with z ~ p(z)."""
+    paths = []
+    if history and "test_accuracy" in history[0]:
+        fig, ax = _figure(figsize=(5, 3.5))
+        ax.plot([h["epoch"] for h in history], [h["test_accuracy"] for h in history], "o-")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy of q(y|x)")
+        ax.grid(alpha=0.3)
+        paths.append(_save(fig, out / "accuracy.png"))
+    classes = vae.num_classes
+    x = data.x_test[:8]
+    with evaluating(vae):
+        loc, _ = vae.encode(x)  # style under the classifier's label
+        grid = [x]
+        for c in range(classes):
+            grid.append(vae.decode_mean(loc, torch.full((x.shape[0],), c, device=x.device)))
+        frames = torch.stack(grid, 1).reshape(-1, *x.shape[1:])
+        fig, ax = _figure(figsize=(1.0 * (classes + 1), 1.0 * x.shape[0]))
+        show_grid(ax, frames, classes + 1, "analogies: test image, then its style z with each "
+                  "class y = 0 … " + str(classes - 1))
+        paths.append(_save(fig, out / "analogies.png"))
+        generator = torch.Generator(device="cpu").manual_seed(0)
+        z = torch.randn(8, vae.latent_dim, generator=generator).to(x.device)
+        samples = torch.stack([vae.decode_mean(z, torch.full((8,), c, device=x.device))
+                               for c in range(classes)]).reshape(-1, *x.shape[1:])
+        fig, ax = _figure(figsize=(8, 1.0 * classes))
+        show_grid(ax, samples, 8, "samples: one row per class y, one column per style z ~ p(z)")
+        paths.append(_save(fig, out / "samples.png"))
     return paths

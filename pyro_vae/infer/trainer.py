@@ -244,6 +244,10 @@ class Trainer:
         """The trainer of the VAE that ``config`` describes (what ``pyro-vae train`` runs)."""
         config = config.resolved()
         pyro.clear_param_store()
+        if config.model == "m2":
+            from pyro_vae.infer.semi_supervised import semi_supervised_trainer
+
+            return semi_supervised_trainer(config, data, device)
         vae = build_vae(config, data.event_shape, num_data=data.x_train.shape[0],
                         num_classes=data.num_classes)
         draws = min(config.batch_size, data.x_train.shape[0]) * config.num_particles \

@@ -10,6 +10,7 @@ from pyro_vae.distributions.guides import GuideFamily
 from pyro_vae.distributions.likelihoods import make_likelihood
 from pyro_vae.errors import ConfigError
 from pyro_vae.models.discrete_vae import DiscreteVAE
+from pyro_vae.models.m2 import MLPClassifier, SemiSupervisedVAE
 from pyro_vae.models.vae import VAE
 from pyro_vae.nn.networks import (
     ConvDecoder,
@@ -31,6 +32,8 @@ def build_vae(
         raise ConfigError("--conditional needs labelled data; this data set has no labels")
     cond_dim = num_classes if config.conditional else 0
     latent = config.latent_dim
+    if config.model == "m2":
+        return _build_m2(config, event_shape, num_data, num_classes, likelihood)
     if config.latent != "gaussian":
         return _build_discrete(config, event_shape, num_data, num_classes, likelihood, cond_dim)
     if config.arch == "conv":
@@ -76,3 +79,19 @@ def _build_discrete(config: Config, event_shape: Sequence[int], num_data: int | 
     return DiscreteVAE(encoder, decoder, likelihood, config.latent, config.latent_dim,
                        event_shape, num_data=num_data, categories=config.categories,
                        num_classes=num_classes if config.conditional else None)
+
+
+def _build_m2(config: Config, event_shape: Sequence[int], num_data: int | None,
+              num_classes: int | None, likelihood) -> SemiSupervisedVAE:
+    """M2 with MLPs: classifier q(y|x), encoder q(z|x,y), decoder p(x|y,z)."""
+    if not num_classes:
+        raise ConfigError("--model m2 needs a data set with labels (its classes are y)")
+    hidden = tuple(config.hidden or ())
+    latent = config.latent_dim
+    classifier = MLPClassifier(event_shape, num_classes, hidden, config.activation)
+    encoder = MLPEncoder(event_shape, latent, hidden, config.activation, cond_dim=num_classes)
+    decoder = MLPDecoder(event_shape, latent, hidden[::-1], config.activation,
+                         likelihood.num_params, cond_dim=num_classes)
+    unlabelled = None if num_data is None else num_data - config.labels
+    return SemiSupervisedVAE(classifier, encoder, decoder, likelihood, latent, event_shape,
+                             num_classes, config.labels, unlabelled, config.aux_weight)
