@@ -340,16 +340,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--num must be ≥ 1, got {args.num}; e.g. --num 64")
     run = load_run(args.run, device=args.device, load_data=False)
     torch.manual_seed(args.seed)
+    from pyro_vae.models.m2 import SemiSupervisedVAE
+
     y = None
-    if run.vae.conditional:
+    if run.vae.conditional or (isinstance(run.vae, SemiSupervisedVAE) and args.label is not None):
         label = args.label if args.label is not None else 0
         if not 0 <= label < run.vae.num_classes:
             raise ConfigError(f"--label must be in [0, {run.vae.num_classes}), got {label}; "
                               "pick a class index")
         y = torch.full((args.num,), label, dtype=torch.long, device=run.device)
     elif args.label is not None:
-        raise ConfigError("--label needs a conditional model (trained with --conditional); "
-                          "this one is not: drop --label")
+        raise ConfigError("--label needs a model of the label (trained with --conditional or "
+                          "--model m2); this one is not: drop --label")
     out = Path(args.out or Path(args.run) / "figures" / "samples_cli.png")
     if out.suffix.lower() not in SAMPLE_FORMATS:
         raise ConfigError(f"--out {out} has an unknown extension; use one of "

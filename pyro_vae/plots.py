@@ -85,8 +85,10 @@ def prior_samples(vae: VAE, num: int, y: torch.Tensor | None = None) -> torch.Te
     if vae.conditional and y is None:
         y = torch.arange(num, device=vae.device) % vae.num_classes
     with evaluating(vae):
-        z = prior_predictive(vae, num_points=num, y=y)[LATENT_SITE][0]
-        return vae.decode_mean(z, y)
+        draws = prior_predictive(vae, num_points=num, y=y)
+        if y is None and "y" in draws:  # a model that draws its own class (M2)
+            y = draws["y"][0]
+        return vae.decode_mean(draws[LATENT_SITE][0], y)
 
 
 def _image_figures(vae: VAE, data: DataSet, out: Path) -> list[Path]:

@@ -192,6 +192,9 @@ def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
 
 
 def _check_resumable(saved: dict[str, Any], config: Config, path: Path) -> None:
+    # options added since the checkpoint was written take their defaults, which reproduce the
+    # behaviour of the version that wrote it
+    saved = {**Config().to_dict(), **saved}
     differing = sorted(k for k, v in config.to_dict().items()
                        if k not in RESUMABLE_CHANGES and saved.get(k) != v)
     if differing:

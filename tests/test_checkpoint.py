@@ -161,3 +161,21 @@ def test_a_format_3_checkpoint_without_checksum_still_loads(run_dir, tmp_path):
     state["format_version"] = 3
     torch.save(state, tmp_path / "checkpoint.pt")
     assert load_run(tmp_path, load_data=False).vae is not None
+
+
+def test_a_run_written_before_new_options_existed_still_resumes(run_dir, tmp_path):
+    """Options added later (the discrete code's, M2's) are absent from an older checkpoint's
+    configuration; their defaults reproduce the old behaviour, so the run resumes."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    state = torch.load(old / "checkpoint.pt", weights_only=True)
+    for key in ("latent", "categories", "model", "labels", "aux_weight", "temperature",
+                "temperature_min", "temperature_decay"):
+        state["config"].pop(key)
+    resign(state, old / "checkpoint.pt")
+    config = Config.from_dict(torch.load(run_dir / "checkpoint.pt", weights_only=True)["config"])
+    result = train_run(config.replace(epochs=state["epoch"] + 1), old, resume=True,
+                       progress=False, figures=False)
+    assert result.history[-1]["epoch"] == state["epoch"] + 1

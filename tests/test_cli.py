@@ -128,7 +128,7 @@ def test_bad_arguments_to_the_other_commands(digits_run, tmp_path, capsys):
     """Hostile arguments after training: one line, exit 2, nothing written."""
     run = str(digits_run)
     cases = [
-        (["sample", run, "--label", "3"], "needs a conditional model"),
+        (["sample", run, "--label", "3"], "needs a model of the label"),
         (["sample", run, "--out", str(tmp_path / "s.xyz")], "unknown extension"),
         (["sample", run, "--out", "/proc/no/such/dir/s.png"], "check the path"),
         (["evaluate", run, "--device", "tpu"], "unknown --device"),

@@ -23,7 +23,8 @@ from pyro.infer import Predictive
 from pyro_vae.errors import check_count
 from pyro_vae.sites import LATENT_SITE, OBS_SITE
 
-_SITES = (LATENT_SITE, OBS_SITE)
+#: "y" exists in models that draw their own class (M2); absent sites are not returned
+_SITES = (LATENT_SITE, OBS_SITE, "y")
 
 
 def prior_predictive(vae: Any, num_points: int = 1, num_samples: int = 1,

@@ -15,6 +15,9 @@ points, each estimator gives R estimates g_r of the gradient of the mean-per-poi
 ``max_abs_z``         max_p |ḡ_p − ∇_p| / se_p; under unbiasedness, each z_p is ≈ N(0, 1)
                       for large R, so max |z| beyond Φ⁻¹(1 − α / 2P) (Bonferroni) rejects it
 ``total_variance``    tr Cov[g], the variance of one estimate
+``snr_mean``          mean over parameters of |E g_p| / sd g_p (the sample mean's noise removed,
+                      as in :func:`~pyro_vae.lab.variance.snr_mean`): the measure that needs no
+                      exact gradient, for codes too large to enumerate
 ``seconds``           wall-clock seconds per estimate
 ====================  ================================================================
 
@@ -53,6 +56,7 @@ from pyro_vae.lab.variance import (
     flat_gradients,
     parameter_groups,
     pyro_surrogate_needs_clean_store,
+    snr_mean,
 )
 
 
@@ -65,6 +69,7 @@ class DiscreteGroupStats:
     total_variance: float
     exact_norm: float | None
     num_params: int
+    snr_mean: float = float("nan")
 
 
 @dataclass
@@ -181,7 +186,8 @@ def measure_discrete_estimator(
             bias, exact_norm = float(err.norm()), float(exact[g].norm())
             debiased = math.sqrt(max(bias ** 2 - noise ** 2, 0.0))
         result.groups[g] = DiscreteGroupStats(bias, debiased, noise, z, float(var.sum()),
-                                              exact_norm, int(mean.numel()))
+                                              exact_norm, int(mean.numel()),
+                                              float(snr_mean(mean, var, repeats)))
     return result
 
 
@@ -236,7 +242,7 @@ def temperature_sweep(vae: Any, x: torch.Tensor,
 def discrete_table(results: list[DiscreteEstimatorResult]) -> str:
     """Markdown: per estimator and group, bias ± noise floor, max |z|, variance, cost."""
     header = ["estimator", "target", "group", "‖ḡ − ∇‖", "noise floor", "‖bias‖ debiased",
-              "max |z|", "variance (tr Cov)", "ms / estimate"]
+              "max |z|", "variance (tr Cov)", "SNR", "ms / estimate"]
     rows = []
     for r in results:
         for g, s in r.groups.items():
@@ -245,8 +251,9 @@ def discrete_table(results: list[DiscreteEstimatorResult]) -> str:
                          f"{s.noise_norm:.4f}",
                          "—" if s.bias_debiased is None else f"{s.bias_debiased:.4f}",
                          "—" if s.max_abs_z is None else f"{s.max_abs_z:.1f}",
-                         f"{s.total_variance:.4g}", f"{1000 * r.seconds:.2f}"])
-    return reporting.markdown_table(header, rows, "lllrrrrrr")
+                         f"{s.total_variance:.4g}", f"{s.snr_mean:.3f}",
+                         f"{1000 * r.seconds:.2f}"])
+    return reporting.markdown_table(header, rows, "lllrrrrrrr")
 
 
 def plot_discrete_lab(sweep: list[DiscreteEstimatorResult],

@@ -113,6 +113,10 @@ def test_train_resume_and_evaluate_m2_from_the_cli(tmp_path, capsys):
     assert main(["evaluate", str(out), "--iw-samples", "20", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["test_log_likelihood"] >= result["test_elbo"] - 1.0
+    for extra in ([], ["--label", "2"]):  # classes drawn by the model, or the one asked for
+        assert main(["sample", str(out), "--num", "8", "--out", str(tmp_path / "s.npy"),
+                     *extra]) == 0
+        assert __import__("numpy").load(tmp_path / "s.npy").shape == (8, 1, 8, 8)
 
 
 @pytest.mark.parametrize("argv,match", [
