@@ -17,7 +17,7 @@ import pyro_vae  # noqa: E402
 
 project = "pyro-vae"
 author = "the pyro-vae developers"
-copyright = "2026, the pyro-vae developers"  # noqa: A001 (Sphinx's name)
+copyright = "2026, the pyro-vae developers"
 release = version = pyro_vae.__version__
 
 extensions = [
@@ -40,6 +40,7 @@ autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_preserve_defaults = True
+autodoc_inherit_docstrings = False  # not Lightning's docstrings on overridden hooks
 
 # Cross-references to Pyro, PyTorch and NumPy. Each project's own inventory is fetched when the
 # network allows; offline (as on the project's build machines) the inventory shipped in

@@ -52,7 +52,7 @@ TORCH = {
     "torch.Generator": "generated/torch.Generator.html#$",
     "torch.nn.Module": "generated/torch.nn.Module.html#$",
     "torch.nn.Linear": "generated/torch.nn.Linear.html#$",
-    "torch.nn.Parameter": "generated/torch.nn.parameter.Parameter.html#torch.nn.parameter.Parameter",
+    "torch.nn.parameter.Parameter": "generated/torch.nn.parameter.Parameter.html#$",
     "torch.optim.Optimizer": "optim.html#$",
     "torch.optim.Adam": "generated/torch.optim.Adam.html#$",
     "torch.distributions.distribution.Distribution": "distributions.html#$",

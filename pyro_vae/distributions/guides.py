@@ -16,7 +16,7 @@ Every family starts from the encoder's diagonal Gaussian N(μ_φ(x), diag σ²_�
 The context c is a learned embedding of x (and the one-hot label of a conditional model), made
 by the family's own layer from the data, so that any encoder can be combined with any family.
 The flows' densities are exact by the change of variables (Pyro's ``TransformedDistribution``:
-log q(z_K) = log N(z_0; μ, σ²) − Σ_k log |det ∂z_k/∂z_{k−1}|); a flow of length 0 is ``diag``.
+log q(z_K) = log N(z_0; μ, σ²) − Σ_k log abs(det ∂z_k/∂z_{k−1})); a flow of length 0 is ``diag``.
 
 **Per-point parameters** (for q*, the best member of the family for one data point, that the gap
 report and test-time inference fit): :meth:`GuideFamily.local_parameters` returns the tensors the

@@ -26,9 +26,10 @@ def nuts_posterior(vae: Any, x: torch.Tensor, y: torch.Tensor | None = None,
                    progress: bool = False, **nuts_options: Any) -> torch.Tensor:
     """Draws of z ~ p_θ(z | x) for every point of ``x`` jointly, shape ``(S, B, L)``.
 
-    :param nuts_options: passed to :class:`pyro.infer.NUTS` (e.g. ``target_accept_prob``).
     The global random state is left as it was (the chain runs on a forked generator seeded
     with ``seed``).
+
+    :param nuts_options: passed to :class:`pyro.infer.NUTS` (e.g. ``target_accept_prob``).
     """
     require_gaussian(vae, "NUTS on z")
     check_count("num_samples", num_samples)

@@ -3,7 +3,7 @@
 Each function is the one line a Pyro user would write, named:
 
 * prior predictive of B points, S times: ``Predictive(vae.model, num_samples=S)(None,
-  num_points=B)`` — sites ``"z"`` (S, B, L) and ``"x"`` (S, B, *event_shape);
+  num_points=B)`` — sites ``"z"`` (S, B, L) and ``"x"`` ``(S, B, *event_shape)``;
 * posterior predictive (reconstructions) of a batch x:
   ``Predictive(poutine.uncondition(vae.model), guide=vae.guide, num_samples=S)(x)`` — z drawn
   from q(z | x), then x' ~ p(x | z). ``poutine.uncondition`` makes the observed site ``"x"``

@@ -12,10 +12,10 @@ points, each estimator gives R estimates g_r of the gradient of the mean-per-poi
                       (the Monte Carlo standard error of the mean's norm, roughly)
 ``bias_debiased``     sqrt(max(‖ḡ − ∇‖² − tr Cov[g] / R, 0)): ‖E g − ∇‖ with the mean's own
                       noise removed (E‖ḡ − ∇‖² = ‖E g − ∇‖² + tr Cov[g] / R)
-``max_abs_z``         max_p |ḡ_p − ∇_p| / se_p; under unbiasedness, each z_p is ≈ N(0, 1)
-                      for large R, so max |z| beyond Φ⁻¹(1 − α / 2P) (Bonferroni) rejects it
+``max_abs_z``         max_p abs(ḡ_p − ∇_p) / se_p; under unbiasedness, each z_p is ≈ N(0, 1)
+                      for large R, so max abs(z) beyond Φ⁻¹(1 − α / 2P) (Bonferroni) rejects it
 ``total_variance``    tr Cov[g], the variance of one estimate
-``snr_mean``          mean over parameters of |E g_p| / sd g_p (the sample mean's noise removed,
+``snr_mean``          mean over parameters of abs(E g_p) / sd g_p (the sample mean's noise removed,
                       as in :func:`~pyro_vae.lab.variance.snr_mean`): the measure that needs no
                       exact gradient, for codes too large to enumerate
 ``seconds``           wall-clock seconds per estimate
@@ -240,7 +240,7 @@ def temperature_sweep(vae: Any, x: torch.Tensor,
 
 # --------------------------------------------------------------------------- reporting
 def discrete_table(results: list[DiscreteEstimatorResult]) -> str:
-    """Markdown: per estimator and group, bias ± noise floor, max |z|, variance, cost."""
+    """Markdown: per estimator and group, bias ± noise floor, max abs(z), variance, SNR, cost."""
     header = ["estimator", "target", "group", "‖ḡ − ∇‖", "noise floor", "‖bias‖ debiased",
               "max |z|", "variance (tr Cov)", "SNR", "ms / estimate"]
     rows = []

@@ -3,7 +3,7 @@ particles K, per parameter group and estimator, with standard errors and fitted 
 
 For R gradient draws ĝ at fixed parameters (the batch taken as the data set) and each parameter
 group (encoder φ, decoder θ), the lab reports the mean over parameters of
-SNR_i = |E ĝ_i| / sd ĝ_i — with |E ĝ_i| estimated as sqrt(max(ḡ_i² − s_i²/R, 0)), so that the
+SNR_i = abs(E ĝ_i) / sd ĝ_i — with abs(E ĝ_i) estimated as sqrt(max(ḡ_i² − s_i²/R, 0)), so that the
 sample mean's own noise does not set a floor of 1/√R under small SNRs — the total variance
 Σ_i Var ĝ_i, the cost per estimate, and, for each
 (estimator, group), the slope of log SNR against log K fitted by weighted least squares with the
@@ -41,8 +41,8 @@ def gaussian_toy(dim: int = 20, num_points: int = 64, perturbation: float = 0.01
     z ~ N(0, I_D), x | z ~ N(z + b, I_D): a linear decoder (weight I, bias b) with a fixed unit
     Gaussian likelihood, whose posterior p(z | x) = N((x − b)/2, I/2) is diagonal, so a linear
     encoder represents it exactly. The encoder is set to the exact posterior and then every
-    parameter of encoder and decoder is perturbed by N(0, ``perturbation``²): near the optimum,
-    where the asymptotic SNR rates in K appear already at small K.
+    parameter of encoder and decoder is perturbed by N(0, p²), p = ``perturbation``: near the
+    optimum, where the asymptotic SNR rates in K appear already at small K.
     """
     from pyro_vae.distributions.likelihoods import make_likelihood
     from pyro_vae.nn.networks import MLPDecoder, MLPEncoder

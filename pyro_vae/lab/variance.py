@@ -8,7 +8,7 @@ with g_r the r-th estimate of a P-vector:
 =====================  ============================================================
 ``total_variance``     tr Cov[g] = Σ_p Var[g_p]  (unbiased over the R runs)
 ``mean_variance``      tr Cov[g] / P
-``snr_mean``           mean over p of |E[g_p]| / sd[g_p]  (``snr_median`` likewise)
+``snr_mean``           mean over p of abs(E[g_p]) / sd[g_p]  (``snr_median`` likewise)
 ``mean_norm``          ‖E[g]‖, the size of the mean gradient
 ``seconds``            wall-clock seconds per estimate (forward, backward, baseline update)
 ``work_variance``      total_variance × seconds: variance at equal compute (lower is better)
@@ -95,7 +95,7 @@ class GradientMoments:
     jackknife standard error (no R × P matrix is kept).
 
     Draws are shifted by the first one before squaring, which avoids cancellation when
-    |mean| ≫ sd.
+    abs(mean) ≫ sd.
     """
 
     def __init__(self, num_batches: int = 10) -> None:
@@ -146,9 +146,9 @@ class GradientMoments:
 
 
 def snr_mean(mean: torch.Tensor, var: torch.Tensor, draws: int | None = None) -> torch.Tensor:
-    """Mean over parameters of |E ĝ| / sd ĝ (parameters with zero variance left out).
+    """Mean over parameters of abs(E ĝ) / sd ĝ (parameters with zero variance left out).
 
-    With ``draws`` = R, |E ĝ| is estimated as sqrt(max(ḡ² − s²/R, 0)): the sample mean's own
+    With ``draws`` = R, abs(E ĝ) is estimated as sqrt(max(ḡ² − s²/R, 0)): the sample mean's own
     noise s²/R is subtracted, which otherwise sets a floor of about 1/√R under every SNR.
     """
     sd = var.sqrt()

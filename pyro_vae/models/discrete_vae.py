@@ -50,6 +50,7 @@ class DiscreteVAE(VAE):
     :param latent: ``"bernoulli"`` or ``"categorical"``.
     :param latent_dim: K binary units, or G groups.
     :param categories: C, classes per group (``categorical`` only).
+
     Other parameters as for :class:`~pyro_vae.models.vae.VAE`.
     """
 
