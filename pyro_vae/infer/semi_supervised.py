@@ -122,15 +122,7 @@ class SemiSupervisedTrainer(Trainer):
                 total += loss / n * x_u.shape[0]
                 points += x_u.shape[0]
             self.global_step += 1
-        train_seconds = time.perf_counter() - start
-        if self.scheduler is not None:
-            self.scheduler.step()
-        self.epoch += 1
-        metrics: dict[str, Any] = {
-            "epoch": self.epoch, "train_loss": total / points if points else float("nan"),
-            "beta": self.kl_schedule(self.global_step - 1), "lr": self.current_lr(),
-            "seconds": train_seconds, "skipped_steps": skipped,
-        }
+        metrics = self._end_epoch(total, points, skipped, time.perf_counter() - start)
         metrics.update(self.evaluate())
         self.history.append(metrics)
         return metrics

@@ -423,18 +423,7 @@ class Trainer:
                 total += loss / n * x.shape[0]
                 points += x.shape[0]
             self.global_step += 1
-        train_seconds = time.perf_counter() - start
-        if self.scheduler is not None:
-            self.scheduler.step()
-        self.epoch += 1
-        metrics: dict[str, Any] = {
-            "epoch": self.epoch,
-            "train_loss": total / points if points else float("nan"),
-            "beta": self.kl_schedule(self.global_step - 1),
-            "lr": self.current_lr(),
-            "seconds": train_seconds,
-            "skipped_steps": skipped,
-        }
+        metrics = self._end_epoch(total, points, skipped, time.perf_counter() - start)
         if self.discrete is not None and self.discrete.temperature is not None:
             metrics["temperature"] = self.discrete.temperature
         metrics.update(self.evaluate())
@@ -445,6 +434,17 @@ class Trainer:
             metrics["obs_scale"] = float(pyro.param(OBS_SCALE_PARAM).detach())
         self.history.append(metrics)
         return metrics
+
+    def _end_epoch(self, total: float, points: int, skipped: int, seconds: float
+                   ) -> dict[str, Any]:
+        """Step the LR schedule, count the epoch, and its training metrics: ``total`` is the
+        sum over steps of loss / N · B (the mean loss per point once divided by ``points``)."""
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.epoch += 1
+        return {"epoch": self.epoch, "train_loss": total / points if points else float("nan"),
+                "beta": self.kl_schedule(self.global_step - 1), "lr": self.current_lr(),
+                "seconds": seconds, "skipped_steps": skipped}
 
     def fit(self, epochs: int | None = None) -> list[dict[str, Any]]:
         """Train until ``epochs`` (default ``config.epochs``) epochs are done; returns history."""

@@ -53,6 +53,7 @@ from pyro_vae.lab import reporting
 from pyro_vae.lab.variance import (
     AVG_WARMUP,
     GradientMoments,
+    ascent_and_baseline_step,
     flat_gradients,
     parameter_groups,
     pyro_surrogate_needs_clean_store,
@@ -143,14 +144,7 @@ def measure_discrete_estimator(
             loss = objective.differentiable_loss(x) / b
             if net is None:
                 return flat_gradients(-loss, groups)
-            grads = flat_gradients(loss, {**groups, "baseline": list(net.parameters())})
-            optim.zero_grad()
-            start = 0
-            for p in net.parameters():  # the baseline's own step, as in training
-                p.grad = grads["baseline"][start:start + p.numel()].view_as(p)
-                start += p.numel()
-            optim.step()
-            return {g: -grads[g] for g in groups}
+            return ascent_and_baseline_step(loss, groups, net, optim)
 
         with pyro.validation_enabled(False):
             steps = {"score-nn": warmup, "score-avg": min(warmup, AVG_WARMUP)}.get(estimator, 0)

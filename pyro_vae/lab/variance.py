@@ -82,6 +82,22 @@ def flat_gradients(loss: torch.Tensor, groups: dict[str, list[torch.Tensor]]) ->
     return out
 
 
+def ascent_and_baseline_step(loss: torch.Tensor, groups: dict[str, list[torch.Tensor]],
+                              net: torch.nn.Module, optim: torch.optim.Optimizer
+                              ) -> dict[str, torch.Tensor]:
+    """From a surrogate ``loss`` whose gradient includes a learned baseline's own loss: the
+    ascent direction of each group (−∇ loss) and, as in training, one ``optim`` step of the
+    baseline network ``net`` on its part of ∇ loss."""
+    grads = flat_gradients(loss, {**groups, "baseline": list(net.parameters())})
+    optim.zero_grad()
+    start = 0
+    for p in net.parameters():
+        p.grad = grads["baseline"][start:start + p.numel()].view_as(p)
+        start += p.numel()
+    optim.step()
+    return {g: -grads[g] for g in groups}
+
+
 def pyro_surrogate_needs_clean_store() -> None:
     """TraceGraph's decaying-average baseline lives in the param store; start afresh."""
     store = pyro.get_param_store()
@@ -297,15 +313,7 @@ def measure_estimator(
         loss = pyro_loss(vae, x, y, estimator, kl, num_samples, nn_baseline, guide)
         if nn_baseline is None:
             return flat_gradients(-loss, groups)
-        grads = flat_gradients(loss, {**groups, "baseline": list(nn_baseline.parameters())})
-        grads = {g: (v if g == "baseline" else -v) for g, v in grads.items()}
-        nn_optim.zero_grad()
-        start = 0
-        for p in nn_baseline.parameters():  # the baseline's own update, as in training
-            p.grad = grads["baseline"][start:start + p.numel()].view_as(p)
-            start += p.numel()
-        nn_optim.step()
-        return {g: grads[g] for g in groups}
+        return ascent_and_baseline_step(loss, groups, nn_baseline, nn_optim)
 
     try:
         validation = pyro.validation_enabled(False)  # argument checks cost more than the nets

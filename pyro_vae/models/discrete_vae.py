@@ -25,16 +25,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import pyro
 import torch
 from torch import nn
 
 from pyro_vae.distributions.discrete import EnumerableIndependent, bernoulli_code, categorical_code
 from pyro_vae.distributions.likelihoods import Likelihood
 from pyro_vae.errors import ConfigError, DataError, check_count
-from pyro_vae.models.vae import VAE, kl_scale
-from pyro_vae.nn.module import register_module
-from pyro_vae.sites import DECODER_MODULE, ENCODER_MODULE, LATENT_SITE, OBS_SITE
+from pyro_vae.models.vae import VAE
 
 LATENTS = ("gaussian", "bernoulli", "categorical")
 DISCRETE_LATENTS = ("bernoulli", "categorical")
@@ -121,32 +118,6 @@ class DiscreteVAE(VAE):
         weight = next(self.decoder.parameters(), None)
         dtype = weight.dtype if weight is not None else torch.get_default_dtype()
         return self._code(torch.zeros(batch, *self.code_shape, device=device, dtype=dtype))
-
-    def _model(self, x, y, indices, beta, num_points, scaled: bool) -> torch.Tensor:
-        self.check_call(x, y, indices, beta)
-        register_module(DECODER_MODULE, self.decoder)
-        batch = self.batch_size(x, y, num_points)
-        device = x.device if x is not None else self.device
-        with self.data_plate(batch, indices, observed=x is not None, scaled=scaled):
-            with kl_scale(beta):
-                z = pyro.sample(LATENT_SITE, self.prior(batch, device))
-            pyro.sample(OBS_SITE, self.observation_distribution(z, y), obs=x)
-        return z
-
-    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None,
-              indices: torch.Tensor | None = None, beta: float | torch.Tensor = 1.0,
-              num_points: int | None = None) -> torch.Tensor:
-        """q_φ(z | x): the code distribution from the encoder's logits."""
-        if x is None:
-            raise DataError("the guide q(z|x) needs data x; to generate, run the model alone "
-                            "(Predictive(vae.model, num_samples=S)(None, num_points=B))")
-        self.check_call(x, y, indices, beta)
-        register_module(ENCODER_MODULE, self.encoder)
-        batch = self.batch_size(x, y)
-        with self.data_plate(batch, indices, observed=True):
-            q = self.posterior(x, y)
-            with kl_scale(beta):
-                return pyro.sample(LATENT_SITE, q)
 
     def describe(self) -> str:
         code = f"{self.code_shape[0]} binary units" if self.latent == "bernoulli" else \

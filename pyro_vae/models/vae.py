@@ -375,9 +375,8 @@ class VAE(nn.Module):
         batch = self.batch_size(x, y, num_points)
         device = x.device if x is not None else self.device
         with self.data_plate(batch, indices, observed=x is not None, scaled=scaled):
-            zeros = torch.zeros(batch, self.latent_dim, device=device)
             with kl_scale(beta):
-                z = pyro.sample(LATENT_SITE, dist.Normal(zeros, 1.0).to_event(1))
+                z = pyro.sample(LATENT_SITE, self.prior(batch, device))
             pyro.sample(OBS_SITE, self.observation_distribution(z, y), obs=x)
         return z
 
