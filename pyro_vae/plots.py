@@ -80,6 +80,13 @@ def show_grid(ax: Axes, images: torch.Tensor, nrow: int, title: str) -> None:
     ax.axis("off")
 
 
+def _code_name(vae: Any) -> str:
+    """How :meth:`~pyro_vae.models.vae.VAE.reconstruction_code` chooses z, for titles."""
+    from pyro_vae.models.discrete_vae import DiscreteVAE
+
+    return "the mode of q(z|x)" if isinstance(vae, DiscreteVAE) else "μ(x)"
+
+
 def prior_samples(vae: VAE, num: int, y: torch.Tensor | None = None) -> torch.Tensor:
     """Decoded means E[x|z] for z ~ p(z), via ``Predictive`` on the model (no data)."""
     if vae.conditional and y is None:
@@ -100,7 +107,7 @@ def _image_figures(vae: VAE, data: DataSet, out: Path) -> list[Path]:
     binary = bool(((x == 0) | (x == 1)).all())
     title = "test images" + (" (binarized, as scored)" if binary else "")
     show_grid(axes[0], x, 16, title)
-    show_grid(axes[1], recon, 16, "reconstructions E[x | z = μ(x)]")
+    show_grid(axes[1], recon, 16, f"reconstructions E[x | z = {_code_name(vae)}]")
     paths.append(_save(fig, out / "reconstructions.png"))
 
     samples = prior_samples(vae, 64)
@@ -207,7 +214,7 @@ def plot_points(vae: VAE, data: DataSet, path: Path, num_samples: int = 2000) ->
     axes[0].scatter(x[:, 0], x[:, 1], s=4, **colour)
     axes[0].set_title("test data")
     axes[1].scatter(recon[:, 0], recon[:, 1], s=4, **colour)
-    axes[1].set_title("reconstructions E[x | z = μ(x)]")
+    axes[1].set_title(f"reconstructions E[x | z = {_code_name(vae)}]")
     # prior samples coloured by their label (conditional model) or by z₁
     prior_colour = {"c": y_prior.cpu(), "cmap": "coolwarm"} if y_prior is not None \
         else {"c": z_s[:, 0], "cmap": "autumn"}
