@@ -442,10 +442,25 @@ def load_model_for_lab(source: str, device: str):
     return run.config, run.vae, run.data
 
 
+def lab_batch(args: argparse.Namespace):
+    """The model of ``args.source`` (:func:`load_model_for_lab`), the first ``--batch-size``
+    training points (binarized with ``--seed`` where the run binarizes dynamically) and their
+    labels, and the folder the lab's report goes to by default (the run's, or the config's)."""
+    import torch
+
+    config, vae, data = load_model_for_lab(args.source, args.device)
+    torch.manual_seed(args.seed)
+    x = data.x_train[: args.batch_size]
+    if config.binarize == "dynamic":
+        x = torch.bernoulli(x)
+    y = None if data.y_train is None else data.y_train[: args.batch_size]
+    source = Path(args.source)
+    return config, vae, x, y, source.parent if source.suffix == ".json" else source
+
+
 def cmd_snr(args: argparse.Namespace) -> int:
     """``pyro-vae variance SOURCE --objective ...``: the SNR lab of importance-weighted
     objectives (:mod:`pyro_vae.lab.snr`)."""
-    import torch
 
     from pyro_vae.infer.importance import IW_ESTIMATORS
     from pyro_vae.lab.snr import gaussian_toy, run_snr_lab, snr_json, snr_table, write_snr_report
@@ -459,14 +474,7 @@ def cmd_snr(args: argparse.Namespace) -> int:
         vae, x = gaussian_toy(num_points=args.batch_size, seed=args.seed)
         y, out_default, dataset = None, Path("runs") / GAUSSIAN_TOY, GAUSSIAN_TOY
     else:
-        config, vae, data = load_model_for_lab(args.source, args.device)
-        torch.manual_seed(args.seed)
-        x = data.x_train[: args.batch_size]
-        if config.binarize == "dynamic":
-            x = torch.bernoulli(x)
-        y = None if data.y_train is None else data.y_train[: args.batch_size]
-        out_default = (Path(args.source).parent if Path(args.source).suffix == ".json"
-                       else Path(args.source))
+        config, vae, x, y, out_default = lab_batch(args)
         dataset = config.dataset
     start = time.perf_counter()
     points, slopes = run_snr_lab(vae, x, y, args.objective, tuple(args.particles),
@@ -490,7 +498,6 @@ GAUSSIAN_TOY = "gaussian-toy"
 
 
 def cmd_variance(args: argparse.Namespace) -> int:
-    import torch
 
     from pyro_vae.infer.estimators import ESTIMATORS, KL_MODES
     from pyro_vae.lab.variance import markdown_table, run_lab, write_report
@@ -511,18 +518,12 @@ def cmd_variance(args: argparse.Namespace) -> int:
             raise ConfigError(f"unknown --kl {k!r}; choose mc or analytic")
     if any(s < 1 for s in args.samples) or not args.samples:
         raise ConfigError("--samples takes positive integers; give e.g. --samples 1,4,16")
-    config, vae, data = load_model_for_lab(args.source, args.device)
-    torch.manual_seed(args.seed)
-    x = data.x_train[: args.batch_size]
-    if config.binarize == "dynamic":
-        x = torch.bernoulli(x)
-    y = None if data.y_train is None else data.y_train[: args.batch_size]
+    config, vae, x, y, out_default = lab_batch(args)
     start = time.perf_counter()
     results = run_lab(vae, x, y, tuple(args.estimators), tuple(args.kl), tuple(args.samples),
                       args.repeats, args.implementation, args.seed, args.warmup)
     seconds = time.perf_counter() - start
-    out = Path(args.out or (Path(args.source).parent if Path(args.source).suffix == ".json"
-                            else Path(args.source)) / "variance")
+    out = Path(args.out or out_default / "variance")
     meta = {"source": str(args.source), "batch_size": int(x.shape[0]), "repeats": args.repeats,
             "implementation": args.implementation, "seconds": seconds,
             "dataset": config.dataset, "latent_dim": config.latent_dim}
@@ -549,7 +550,6 @@ def cmd_discrete_variance(args: argparse.Namespace) -> int:
     """``pyro-vae variance`` on a discrete code: bias against the exact gradient (when the code
     can be enumerated), variance and cost per estimator, and the relaxations' temperature
     sweep (:mod:`pyro_vae.lab.discrete`)."""
-    import torch
 
     from pyro_vae.infer.discrete import DISCRETE_ESTIMATORS, RELAXED
     from pyro_vae.lab.discrete import (
@@ -573,13 +573,7 @@ def cmd_discrete_variance(args: argparse.Namespace) -> int:
         vae, x = discrete_toy(num_points=args.batch_size, seed=args.seed)
         out_default, dataset = Path("runs") / DISCRETE_TOY, "digits (binarized, 8 units)"
     else:
-        config, vae, data = load_model_for_lab(args.source, args.device)
-        torch.manual_seed(args.seed)
-        x = data.x_train[: args.batch_size]
-        if config.binarize == "dynamic":
-            x = torch.bernoulli(x)
-        out_default = (Path(args.source).parent if Path(args.source).suffix == ".json"
-                       else Path(args.source))
+        config, vae, x, _, out_default = lab_batch(args)
         dataset = config.dataset
     start = time.perf_counter()
     results = run_discrete_lab(vae, x, tuple(estimators), args.vimco_particles,

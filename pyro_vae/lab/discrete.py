@@ -54,6 +54,7 @@ from pyro_vae.lab.variance import (
     AVG_WARMUP,
     GradientMoments,
     ascent_and_baseline_step,
+    batch_as_data_set,
     flat_gradients,
     parameter_groups,
     pyro_surrogate_needs_clean_store,
@@ -122,11 +123,8 @@ def measure_discrete_estimator(
         raise ConfigError(f"--repeats must be ≥ 2 to estimate a variance, got {repeats}; e.g. 200")
     groups = parameter_groups(vae)
     target_k = num_particles if estimator == "vimco" else 1
-    num_data, vae.num_data = vae.num_data, None  # the batch is the data set: no plate scaling
-    was_training = vae.training
-    vae.eval()
     pyro_surrogate_needs_clean_store()
-    try:
+    with batch_as_data_set(vae):
         if exact is None:
             exact = exact_gradient(vae, x, target_k, groups)
         offset = 0.0
@@ -160,9 +158,6 @@ def measure_discrete_estimator(
                 for g, v in one().items():
                     moments.setdefault(g, GradientMoments()).add(v)
             seconds = (time.perf_counter() - start) / repeats
-    finally:
-        vae.num_data = num_data
-        vae.train(was_training)
     result = DiscreteEstimatorResult(
         estimator, num_particles, temperature if estimator in RELAXED else None,
         f"IWAE_{num_particles}" if target_k > 1 else "ELBO", repeats, seconds)
@@ -198,31 +193,23 @@ def run_discrete_lab(
     """Every estimator once (``vimco`` with K = ``num_particles``, the others with one sample;
     ``enum`` once: it is exact), against one exact gradient per target."""
     groups = parameter_groups(vae)
-    exact_elbo = _exact(vae, x, 1, groups)
+    exact_elbo = exact_gradient(vae, x, 1, groups)
     results = []
     for estimator in estimators:
         pyro.set_rng_seed(seed)
         k = num_particles if estimator == "vimco" else 1
-        exact = exact_elbo if k == 1 else _exact(vae, x, k, groups)
+        exact = exact_elbo if k == 1 else exact_gradient(vae, x, k, groups)
         results.append(measure_discrete_estimator(
             vae, x, estimator, k, temperature, 2 if estimator == "enum" else repeats, warmup,
             exact))
     return results
 
 
-def _exact(vae: Any, x: torch.Tensor, k: int, groups) -> dict[str, torch.Tensor] | None:
-    num_data, vae.num_data = vae.num_data, None
-    try:
-        return exact_gradient(vae, x, k, groups)
-    finally:
-        vae.num_data = num_data
-
-
 def temperature_sweep(vae: Any, x: torch.Tensor,
                       temperatures: tuple[float, ...] = (2.0, 1.0, 0.5, 0.25, 0.1),
                       repeats: int = 200, seed: int = 0) -> list[DiscreteEstimatorResult]:
     """``relaxed`` and ``relaxed-st`` at each temperature."""
-    exact = _exact(vae, x, 1, parameter_groups(vae))
+    exact = exact_gradient(vae, x, 1, parameter_groups(vae))
     results = []
     for estimator in RELAXED:
         for tau in temperatures:

@@ -29,7 +29,13 @@ import torch
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer.importance import ImportanceWeightedELBO
 from pyro_vae.lab import reporting
-from pyro_vae.lab.variance import GradientMoments, GroupStats, flat_gradients, parameter_groups
+from pyro_vae.lab.variance import (
+    GradientMoments,
+    GroupStats,
+    batch_as_data_set,
+    flat_gradients,
+    parameter_groups,
+)
 from pyro_vae.models.discrete_vae import require_gaussian
 from pyro_vae.models.vae import VAE
 
@@ -100,21 +106,14 @@ def measure_snr(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, objective: st
     guide = vae.guide if guide is None else guide
     groups = parameter_groups(vae, guide)
     y = y if vae.conditional else None
-    num_data, vae.num_data = vae.num_data, None  # the batch is the data set: no plate scaling
-    was_training = vae.training
-    vae.eval()
     moments: dict[str, GradientMoments] = {}
-    try:
-        with pyro.validation_enabled(False):
-            start = time.perf_counter()
-            for _ in range(repeats):
-                loss = loss_fn.differentiable_loss(vae.model, guide, x, y) / x.shape[0]
-                for g, v in flat_gradients(-loss, groups).items():
-                    moments.setdefault(g, GradientMoments()).add(v)
-            seconds = (time.perf_counter() - start) / repeats
-    finally:
-        vae.num_data = num_data
-        vae.train(was_training)
+    with batch_as_data_set(vae), pyro.validation_enabled(False):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            loss = loss_fn.differentiable_loss(vae.model, guide, x, y) / x.shape[0]
+            for g, v in flat_gradients(-loss, groups).items():
+                moments.setdefault(g, GradientMoments()).add(v)
+        seconds = (time.perf_counter() - start) / repeats
     return SNRPoint(objective, estimator, num_particles, num_groups, repeats, seconds,
                     {g: GroupStats.of_moments(m, debiased=True) for g, m in moments.items()})
 

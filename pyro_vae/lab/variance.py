@@ -23,6 +23,7 @@ and it degrades towards a global average.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -96,6 +97,21 @@ def ascent_and_baseline_step(loss: torch.Tensor, groups: dict[str, list[torch.Te
         start += p.numel()
     optim.step()
     return {g: -grads[g] for g in groups}
+
+
+@contextlib.contextmanager
+def batch_as_data_set(vae: Any):
+    """Inside: ``vae.num_data`` is ``None`` (the measured batch is the whole data set, so the
+    plate does not scale it) and the model is in eval mode; both restored after, however the
+    block ends."""
+    num_data, vae.num_data = vae.num_data, None
+    was_training = vae.training
+    vae.eval()
+    try:
+        yield
+    finally:
+        vae.num_data = num_data
+        vae.train(was_training)
 
 
 def pyro_surrogate_needs_clean_store() -> None:
@@ -273,68 +289,60 @@ def measure_estimator(
     if repeats < 2:
         raise ConfigError(f"--repeats must be ≥ 2 to estimate a variance, got {repeats}; e.g. 100")
     groups = parameter_groups(vae, guide)
-    num_data, vae.num_data = vae.num_data, None  # the batch is the data set: no plate scaling
-    was_training = vae.training
-    vae.eval()
-    y = y if vae.conditional else None
-    kind = BASELINE_KIND.get(estimator)
-    offset = mean_integrand(vae, x, y, kl) if kind == "nn" else 0.0
-    state = BaselineState(kind, x, offset=offset) if implementation == "explicit" else None
-    nn_baseline, nn_optim = None, None
-    if implementation == "pyro":
-        pyro_surrogate_needs_clean_store()
-        if kind == "nn":
-            nn_baseline = NeuralBaseline(tuple(x.shape[1:]), offset=offset).to(x.device)
-            nn_optim = torch.optim.Adam(nn_baseline.parameters(), lr=1e-2)
+    with batch_as_data_set(vae):
+        y = y if vae.conditional else None
+        kind = BASELINE_KIND.get(estimator)
+        offset = mean_integrand(vae, x, y, kl) if kind == "nn" else 0.0
+        state = BaselineState(kind, x, offset=offset) if implementation == "explicit" else None
+        nn_baseline, nn_optim = None, None
+        if implementation == "pyro":
+            pyro_surrogate_needs_clean_store()
+            if kind == "nn":
+                nn_baseline = NeuralBaseline(tuple(x.shape[1:]), offset=offset).to(x.device)
+                nn_optim = torch.optim.Adam(nn_baseline.parameters(), lr=1e-2)
 
-    def warm_up() -> None:
-        """Update the baseline only: no gradient for the VAE is needed. The network learns
-        E_q[f | x], which one sample per point also targets; the average keeps S slots."""
-        s = num_samples if kind == "avg" else 1
-        if implementation == "explicit":
-            with torch.no_grad():
-                explicit_surrogate(vae, x, y, estimator, kl, s, state)
-        elif nn_baseline is None:
-            with torch.no_grad():
-                pyro_loss(vae, x, y, estimator, kl, s, guide=guide)
-        else:
-            loss = pyro_loss(vae, x, y, estimator, kl, s, nn_baseline, guide)
-            params = list(nn_baseline.parameters())
-            nn_optim.zero_grad()
-            for p, g in zip(params, torch.autograd.grad(loss, params), strict=True):
-                p.grad = g
-            nn_optim.step()
+        def warm_up() -> None:
+            """Update the baseline only: no gradient for the VAE is needed. The network learns
+            E_q[f | x], which one sample per point also targets; the average keeps S slots."""
+            s = num_samples if kind == "avg" else 1
+            if implementation == "explicit":
+                with torch.no_grad():
+                    explicit_surrogate(vae, x, y, estimator, kl, s, state)
+            elif nn_baseline is None:
+                with torch.no_grad():
+                    pyro_loss(vae, x, y, estimator, kl, s, guide=guide)
+            else:
+                loss = pyro_loss(vae, x, y, estimator, kl, s, nn_baseline, guide)
+                params = list(nn_baseline.parameters())
+                nn_optim.zero_grad()
+                for p, g in zip(params, torch.autograd.grad(loss, params), strict=True):
+                    p.grad = g
+                nn_optim.step()
 
-    def one() -> dict[str, torch.Tensor]:
-        """One estimate of ∇ ELBO (the gradient of minus the surrogate loss)."""
-        if implementation == "explicit":
-            return flat_gradients(-explicit_surrogate(vae, x, y, estimator, kl, num_samples,
-                                                      state), groups)
-        loss = pyro_loss(vae, x, y, estimator, kl, num_samples, nn_baseline, guide)
-        if nn_baseline is None:
-            return flat_gradients(-loss, groups)
-        return ascent_and_baseline_step(loss, groups, nn_baseline, nn_optim)
+        def one() -> dict[str, torch.Tensor]:
+            """One estimate of ∇ ELBO (the gradient of minus the surrogate loss)."""
+            if implementation == "explicit":
+                return flat_gradients(-explicit_surrogate(vae, x, y, estimator, kl, num_samples,
+                                                          state), groups)
+            loss = pyro_loss(vae, x, y, estimator, kl, num_samples, nn_baseline, guide)
+            if nn_baseline is None:
+                return flat_gradients(-loss, groups)
+            return ascent_and_baseline_step(loss, groups, nn_baseline, nn_optim)
 
-    try:
-        validation = pyro.validation_enabled(False)  # argument checks cost more than the nets
-        validation.__enter__()
-        steps = {"nn": warmup, "avg": min(warmup, AVG_WARMUP)}.get(kind or "", 0)
-        for _ in range(steps):
-            warm_up()
-        moments: dict[str, GradientMoments] = {}
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            for g, v in one().items():
-                moments.setdefault(g, GradientMoments()).add(v)
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        seconds = (time.perf_counter() - start) / repeats
-    finally:
-        validation.__exit__(None, None, None)
-        vae.num_data = num_data
-        vae.train(was_training)
+        with pyro.validation_enabled(False):  # argument checks cost more than the nets
+            steps = {"nn": warmup, "avg": min(warmup, AVG_WARMUP)}.get(kind or "", 0)
+            for _ in range(steps):
+                warm_up()
+            moments: dict[str, GradientMoments] = {}
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                for g, v in one().items():
+                    moments.setdefault(g, GradientMoments()).add(v)
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            seconds = (time.perf_counter() - start) / repeats
     means_vars = {g: m.mean_and_variance() for g, m in moments.items()}
     return EstimatorResult(
         estimator, kl, implementation, num_samples, repeats, seconds,
