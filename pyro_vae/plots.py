@@ -87,6 +87,15 @@ def _code_name(vae: Any) -> str:
     return "the mode of q(z|x)" if isinstance(vae, DiscreteVAE) else "μ(x)"
 
 
+def _prior_name(vae: Any) -> str:
+    """The model's p(z), for titles."""
+    from pyro_vae.models.discrete_vae import DiscreteVAE
+
+    if not isinstance(vae, DiscreteVAE):
+        return "N(0, I)"
+    return "Bernoulli(½) units" if vae.latent == "bernoulli" else "uniform one-hot groups"
+
+
 def prior_samples(vae: VAE, num: int, y: torch.Tensor | None = None) -> torch.Tensor:
     """Decoded means E[x|z] for z ~ p(z), via ``Predictive`` on the model (no data)."""
     if vae.conditional and y is None:
@@ -112,7 +121,7 @@ def _image_figures(vae: VAE, data: DataSet, out: Path) -> list[Path]:
 
     samples = prior_samples(vae, 64)
     fig, ax = _figure(figsize=(6, 6))
-    show_grid(ax, samples, 8, "samples E[x|z], z ~ N(0, I)")
+    show_grid(ax, samples, 8, f"samples E[x|z], z ~ {_prior_name(vae)}")
     paths.append(_save(fig, out / "samples.png"))
 
     paths.append(plot_latent(vae, data, out / "latent.png"))
@@ -219,7 +228,7 @@ def plot_points(vae: VAE, data: DataSet, path: Path, num_samples: int = 2000) ->
     prior_colour = {"c": y_prior.cpu(), "cmap": "coolwarm"} if y_prior is not None \
         else {"c": z_s[:, 0], "cmap": "autumn"}
     axes[2].scatter(means[:, 0], means[:, 1], s=4, **prior_colour)
-    axes[2].set_title("decoded prior samples E[x|z], z ~ N(0, I)")
+    axes[2].set_title(f"decoded prior samples E[x|z], z ~ {_prior_name(vae)}")
     axes[3].scatter(x_s[:, 0], x_s[:, 1], s=4, **prior_colour)
     axes[3].set_title("samples x ~ p(x) (with noise)")
     if loc.shape[1] >= 2:
