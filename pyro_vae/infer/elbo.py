@@ -82,13 +82,26 @@ class DirectCall:
 
 
 class FastJitTrace_ELBO(JitTrace_ELBO):  # noqa: N801 (Pyro's naming)
-    """``JitTrace_ELBO`` whose compiled loss is called through :class:`DirectCall`."""
+    """``JitTrace_ELBO`` whose compiled loss is called through :class:`DirectCall`, and whose
+    :meth:`differentiable_loss` has the ELBO's gradient.
+
+    Pyro 1.9.2's ``JitTrace_ELBO.differentiable_loss`` returns
+    ``loss + (surrogate − surrogate.detach())`` where its compiled ``loss`` sums the sites'
+    log-densities *with* their gradients (``Trace_ELBO`` reads them through ``torch_item``, a
+    number): for a reparameterized model the result's gradient is twice the ELBO's.
+    (``JitTrace_ELBO.loss_and_grads``, what ``SVI`` calls, backpropagates the surrogate only
+    and is right.) Here the value is detached: same value, the surrogate's gradient.
+    """
 
     def loss_and_surrogate_loss(self, model, guide, *args, **kwargs):
         result = super().loss_and_surrogate_loss(model, guide, *args, **kwargs)
         if not isinstance(self._loss_and_surrogate_loss, DirectCall):
             self._loss_and_surrogate_loss = DirectCall(self._loss_and_surrogate_loss)
         return result
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        loss, surrogate_loss = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
+        return loss.detach() + (surrogate_loss - surrogate_loss.detach())
 
 
 class FastJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):  # noqa: N801 (Pyro's naming)
