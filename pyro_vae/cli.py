@@ -144,6 +144,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="JIT-compile the ELBO, or --no-jit for Pyro's eager ELBO (default: "
                         "the faster one measured in BENCHMARKS.md: JIT, except eager for conv "
                         "nets that may meet 64x64 images, which have batch norm)")
+    i.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="compile the whole training step (the ELBO, its gradient and the "
+                        "finiteness check) with TorchInductor; --no-compile never does "
+                        "(default: compile long CPU runs of pathwise Gaussian VAEs, where it "
+                        "pays for its compile time; see BENCHMARKS.md)")
     i.add_argument("--num-particles", type=_int, default=_DEFAULT.num_particles,
                    help="samples of z per data point per step, vectorized: K of the "
                    "importance-weighted objectives (default %(default)s)")
@@ -612,7 +617,8 @@ def cmd_gap(args: argparse.Namespace) -> int:
                               refine_steps=args.refine_steps, max_steps=args.max_steps,
                               seed=args.seed, ais_steps=args.ais_steps,
                               ais_chains=args.ais_chains,
-                              ais_leapfrog_steps=args.ais_leapfrog)
+                              ais_leapfrog_steps=args.ais_leapfrog,
+                              prior_start=args.prior_start)
     summary = report.summary()
     summary["seconds"]["total"] = time.perf_counter() - start
     out = Path(args.out or Path(args.run) / "gap")
@@ -760,6 +766,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=_count, default=5000,
                    help="most optimization steps of the per-point fits, which otherwise stop "
                    "by their learning-rate decay rule (default %(default)s)")
+    p.add_argument("--prior-start", action=argparse.BooleanOptionalAction, default=None,
+                   help="also fit the factorized Gaussian from the prior and keep the better "
+                   "start per point (default: only when a 64-point probe finds the prior start "
+                   "better by > 0.1 nats somewhere)")
     _add_ais_options(p, default_steps=0, what="log p̂(x) (0: IWAE estimates only)")
     p.add_argument("--seed", type=_int, default=_DEFAULT.seed,
                    help="random seed (default %(default)s)")

@@ -85,6 +85,7 @@ class Config:
     # inference
     elbo: str = "trace"
     jit: bool | None = None
+    compile: bool | None = None
     num_particles: int = 1
     objective: str = "elbo"
     estimator: str | None = None
@@ -187,6 +188,21 @@ class Config:
         return self.objective != "elbo" or self.estimator not in (None, "reparam") \
             or self.num_groups > 1 or self.latent != "gaussian" or self.model != "vae"
 
+    def compile_unsupported(self) -> str | None:
+        """Why ``--compile`` (:mod:`pyro_vae.infer.compiled`) cannot train this configuration,
+        or None when it can: it compiles a pathwise-gradient objective of a Gaussian code
+        (Pyro's ELBOs, or the importance-weighted ones with reparam / stl / dreg) for the
+        single-process trainer, on networks without batch norm."""
+        if self.latent != "gaussian" or self.model != "vae":
+            return "discrete codes and --model m2 are trained with enumeration or score terms"
+        if self.estimator not in (None, "reparam", "stl", "dreg"):
+            return f"--estimator {self.estimator} is a score-function estimator"
+        if self.strategy != "single":
+            return "--strategy ddp runs Lightning's own training step"
+        if self.may_use_batch_norm():
+            return "conv nets for 64×64 images have batch norm, whose statistics it cannot update"
+        return None
+
     def _validate_m2(self) -> None:
         _positive_int("labels", self.labels)
         if isinstance(self.aux_weight, bool) or not isinstance(self.aux_weight, (int, float)) \
@@ -276,6 +292,12 @@ class Config:
         if self.elbo == "meanfield" and self.objective != "elbo":
             raise ConfigError(f"--elbo meanfield (analytic KL) applies to --objective elbo; "
                               f"{self.objective} weights sampled log-densities: drop --elbo")
+        if self.compile is not None and not isinstance(self.compile, bool):
+            raise ConfigError(f"compile must be True, False or None (automatic), got "
+                              f"{self.compile!r}")
+        if self.compile and self.compile_unsupported():
+            raise ConfigError(f"--compile cannot train this configuration: "
+                              f"{self.compile_unsupported()}; drop --compile")
         if self.jit and self.uses_custom_objective():
             raise ConfigError("--jit compiles Pyro's own ELBO; with --objective "
                               f"{self.objective} --estimator {self.estimator} drop --jit")

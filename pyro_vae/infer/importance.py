@@ -293,7 +293,9 @@ class ImportanceWeightedELBO(ELBO):
         if self.estimator == "reparam" and self._splits_log_q:
             surrogate = surrogate - (coef["c_phi"] * parts["log_q_params"]).sum()
         ratio = coef["ratio"]
-        if not bool((ratio == 1).all()):
+        # a/c^θ is exactly 1 unless DReG reweights or PIWAE splits c^θ from c^φ: decided from
+        # the options, not the values, so that the step can be traced into a graph
+        if self.estimator == "dreg" or self.objective == "piwae":
             rank = self.model_plates + 1
             for z, event_dim, data_dim in parts["latents"]:
                 if z.requires_grad:  # the ratio as a (P, ..., B, ..., *event) view
