@@ -73,6 +73,8 @@ class GapReport:
     stderrs: dict[str, torch.Tensor] = field(default_factory=dict)
     chosen: dict[str, int] = field(default_factory=dict)
     fit_steps: dict[str, int] = field(default_factory=dict)
+    #: whether q*_FFG was also fitted from the prior (``amortization_gap``'s ``prior_start``)
+    prior_start: bool = False
 
     @property
     def flagged(self) -> torch.Tensor:
@@ -111,6 +113,7 @@ class GapReport:
             "points_with_elbo_above_log_px": int(self.flagged.sum()),
             "refinement_curve": self.refinement_curve,
             "fit_steps": self.fit_steps,
+            "prior_start": self.prior_start,
             "seconds": self.seconds,
         }
 
@@ -119,7 +122,7 @@ def amortization_gap(
     vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, iw_samples: int = 5000,
     eval_samples: int = 1000, refine_steps: int = 50, seed: int = 0, guide: Any = None,
     ais_steps: int = 0, ais_chains: int = 16, ais_leapfrog_steps: int = 2,
-    **fit_kwargs: Any,
+    prior_start: bool | None = None, **fit_kwargs: Any,
 ) -> GapReport:
     """The gap report of ``vae``'s guide on the points ``x`` (module docstring).
 
@@ -129,6 +132,13 @@ def amortization_gap(
         unknown, so q* is the best diagonal Gaussian started from its moments.
     :param ais_steps: intermediate distributions of AIS from the prior (0: no AIS), with
         ``ais_chains`` chains and ``ais_leapfrog_steps`` leapfrog steps per HMC transition.
+    :param prior_start: also fit q*_FFG from the prior (μ = 0, σ = 1) and keep, per point, the
+        better of the two starts; ``None`` (default) decides by a probe: the prior start is
+        fitted on :data:`PROBE_POINTS` points and run for all only if it beats the encoder
+        start by more than :data:`PROBE_MARGIN` nats on one of them — a sign that the encoder
+        leaves some points in a poorer basin. (On 300 Fashion-MNIST points of the trained
+        784-400-20 model it never beat the encoder start by more than 0.012 nats, ended 0.05
+        nats below it on average, and took 1.8× its time.)
     :param fit_kwargs: passed to every :func:`~pyro_vae.infer.vem.fit_local` (``max_steps``,
         ``lr``, ``tol``, ...).
     """
@@ -138,14 +148,18 @@ def amortization_gap(
     family = "custom" if guide is not None else vae.family.kind
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    ffg = better_of(fit_local(vae, x, yy, init="encoder", seed=seed, guide=guide, **fit_kwargs),
-                    fit_local(vae, x, yy, init="zero", seed=seed, **fit_kwargs))
+    ffg = fit_local(vae, x, yy, init="encoder", seed=seed, guide=guide, **fit_kwargs)
+    prior_start = _prior_start_needed(vae, x, yy, ffg, prior_start, seed, fit_kwargs)
+    if prior_start:
+        ffg = better_of(ffg, fit_local(vae, x, yy, init="zero", seed=seed, **fit_kwargs))
     q_star = ffg if own is None else fit_local(vae, x, yy, init="encoder", seed=seed,
                                                family=own, **fit_kwargs)
     seconds["fit"] = time.perf_counter() - t
+    t = time.perf_counter()
     refine = fit_local(vae, x, yy, init="encoder", seed=seed, max_steps=refine_steps,
                        check_every=refine_steps, patience=1, record_steps=refine_steps,
-                       guide=guide, family=own)
+                       guide=guide, family=own, check_samples=REFINE_SAMPLES)
+    seconds["refine"] = time.perf_counter() - t
     gen = torch.Generator().manual_seed(seed + 1)
     eps = torch.randn(eval_samples, x.shape[0], vae.latent_dim, generator=gen).to(x.device)
 
@@ -192,7 +206,40 @@ def amortization_gap(
     steps = {"q_star": q_star.steps, "q_star_ffg": ffg.steps}
     return GapReport(family, log_px, e_q, e_star, e_ffg, {k: v for k, (v, _) in estimates.items()},
                      refine.curve, seconds, {k: e for k, (_, e) in estimates.items()}, chosen,
-                     steps)
+                     steps, prior_start)
+
+
+#: fixed draws per point of the refinement curve's ELBOs (one per step: the curve is a mean over
+#: all points, whose noise these few draws per point keep far below a step's gain)
+REFINE_SAMPLES = 32
+#: points the prior-start probe fits (:func:`amortization_gap`, ``prior_start=None``)
+PROBE_POINTS = 64
+#: nats by which the prior start must beat the encoder start on a probe point to be run for all
+PROBE_MARGIN = 0.1
+
+
+def _prior_start_needed(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, from_encoder: LocalFit,
+                        prior_start: bool | None, seed: int, fit_kwargs: dict[str, Any]) -> bool:
+    """``prior_start`` if given, else the probe of :func:`amortization_gap`'s docstring."""
+    if prior_start is not None:
+        return bool(prior_start)
+    gen = torch.Generator().manual_seed(seed + 2)
+    probe = torch.randperm(x.shape[0], generator=gen)[:PROBE_POINTS].to(x.device)
+    fit = fit_local(vae, x[probe], None if y is None else y[probe], init="zero", seed=seed,
+                    **fit_kwargs)
+    # scored on the draws the probe's fit was checked on (same seed, same shape)
+    encoder = chunked_local_elbo(vae, x[probe], None if y is None else y[probe], None,
+                                 {k: v[probe] for k, v in from_encoder.params.items()},
+                                 _check_draws(vae, x[probe], seed, fit_kwargs))
+    return bool((fit.elbo - encoder > PROBE_MARGIN).any())
+
+
+def _check_draws(vae: VAE, x: torch.Tensor, seed: int, fit_kwargs: dict[str, Any]
+                 ) -> torch.Tensor:
+    """The fixed draws :func:`~pyro_vae.infer.vem.fit_local` scores ``x`` on."""
+    samples = fit_kwargs.get("check_samples", 256)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(samples, x.shape[0], vae.latent_dim, generator=gen).to(x.device)
 
 
 def better_of(a: LocalFit, b: LocalFit) -> LocalFit:

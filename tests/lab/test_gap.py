@@ -122,3 +122,31 @@ def test_a_planar_flow_per_point_closes_more_of_the_circles_gap_than_a_gaussian(
     assert float(gaps["diag"].mean()) > 0.2  # the two modes: a Gaussian must drop one
     assert float(gaps["planar"].min()) > -0.02  # a bound, up to Monte Carlo noise
     assert float(gaps["planar"].mean()) < float(gaps["diag"].mean()) - 0.1, gaps
+
+
+def test_each_point_stops_on_its_own_and_the_prior_start_probe():
+    """fit_local stops each point by its own rule (points take different numbers of steps, the
+    cost is their sum), and the gap report fits from the prior only when a probe finds the
+    prior start better somewhere: not for a reasonable encoder; yes for an encoder so far off
+    that its start cannot converge in the steps allowed."""
+    vae = linear_gaussian_vae(num_data=100)
+    torch.manual_seed(0)
+    x = torch.randn(12, 3) * 1.5
+    fit = fit_local(vae, x, init="zero", seed=0)
+    steps = fit.point_steps
+    assert int(steps.max()) == fit.steps and int(steps.min()) < fit.steps
+    pyro.set_rng_seed(0)
+    report = amortization_gap(vae, x, iw_samples=100, eval_samples=100, refine_steps=5)
+    assert report.prior_start is False and report.summary()["prior_start"] is False
+    with torch.no_grad():
+        vae.encoder.head.loc.bias.fill_(30.0)
+    pyro.set_rng_seed(0)
+    far = amortization_gap(vae, x, iw_samples=100, eval_samples=100, refine_steps=5,
+                           max_steps=100)
+    assert far.prior_start is True
+    pyro.set_rng_seed(0)
+    forced_off = amortization_gap(vae, x, iw_samples=100, eval_samples=100, refine_steps=5,
+                                  max_steps=100, prior_start=False)
+    assert forced_off.prior_start is False
+    # the prior start's fit is the better one here, and the report keeps it per point
+    assert float(far.elbo_q_star.mean()) > float(forced_off.elbo_q_star.mean()) + 1.0
