@@ -4,7 +4,12 @@ own process (JAX and torch in one process starve each other's thread pools).
 Sides, for each case (the same networks, data, ELBO, batch size and Adam settings as
 ``benchmarks/train_speed.py``):
 
-``library``         ``pyro_vae.Trainer`` with its default path (training seconds of an epoch);
+``library``         ``pyro_vae.Trainer`` with ``compile=True``: Pyro's ELBO, its gradient and
+                    Adam as one TorchInductor program (``pyro_vae.infer.compiled``; the
+                    path the library picks itself for runs of ≥ 8000 steps); the last,
+                    smaller batch of an epoch runs on the JIT path;
+``library-jit``     ``pyro_vae.Trainer`` with ``compile=False``: Pyro's JIT ELBO, eager
+                    backward, fused ``torch.optim.Adam`` (the path for short runs);
 ``numpyro-epoch``   NumPyro's VAE-example way: one ``jax.jit``-compiled epoch, mini-batch
                     updates inside ``lax.fori_loop`` (full batches only);
 ``numpyro-step``    ``jax.jit(svi.update)`` called from a Python loop.
@@ -37,7 +42,7 @@ CASES = {  # name: (library Config options, hidden activation, epochs per round)
                         activation="softplus", likelihood="bernoulli", binarize="threshold",
                         lr=1e-3, batch_size=256), "softplus", 2),
 }
-SIDES = ("library", "numpyro-epoch", "numpyro-step")
+SIDES = ("library", "library-jit", "numpyro-epoch", "numpyro-step")
 
 
 def write_data(case: str, path: Path) -> dict:
@@ -60,18 +65,20 @@ def write_data(case: str, path: Path) -> dict:
 
 
 # --------------------------------------------------------------------------- workers
-def run_library(case: str, epochs: int) -> dict:
+def run_library(case: str, epochs: int, compiled: bool) -> dict:
     import pyro
 
     from pyro_vae import Config, Trainer
     from pyro_vae.data import prepare_data
 
-    config = Config(**CASES[case][0], epochs=epochs + 1).resolved()
+    config = Config(**CASES[case][0], epochs=epochs + 1, compile=compiled).resolved()
     pyro.set_rng_seed(0)
     trainer = Trainer.from_config(config, prepare_data(config))
-    trainer.train_epoch()  # warm-up: JIT compile, allocator
+    first = trainer.train_epoch()  # warm-up: compilation, allocator
     seconds = [trainer.train_epoch()["seconds"] for _ in range(epochs)]
-    return {"seconds": seconds, "test_elbo": trainer.history[-1]["test_elbo"]}
+    assert trainer.step_path == ("compiled" if compiled else "jit"), trainer.compile_failure
+    return {"seconds": seconds, "test_elbo": trainer.history[-1]["test_elbo"],
+            "first_epoch": first["seconds"], "points": int(trainer.data.x_train.shape[0])}
 
 
 def run_numpyro(case: str, epochs: int, meta: dict, data_path: str, jit_epoch: bool) -> dict:
@@ -156,15 +163,16 @@ def run_numpyro(case: str, epochs: int, meta: dict, data_path: str, jit_epoch: b
             seconds.append(time.perf_counter() - start)
     params = svi.get_params(state)
     loss = Trace_ELBO(num_particles=1).loss(random.PRNGKey(2), params, model, guide, x_test, 1.0)
-    return {"seconds": seconds, "test_elbo": -float(loss) / x_test.shape[0]}
+    return {"seconds": seconds, "test_elbo": -float(loss) / x_test.shape[0],
+            "points": steps * b}
 
 
 # --------------------------------------------------------------------------- driver
 def worker(args) -> None:
     meta = json.loads(args.meta) if args.meta else {}
     case = args.case[0]
-    if args.worker == "library":
-        result = run_library(case, args.epochs)
+    if args.worker.startswith("library"):
+        result = run_library(case, args.epochs, compiled=args.worker == "library")
     else:
         result = run_numpyro(case, args.epochs, meta, args.data, args.worker == "numpyro-epoch")
     print(json.dumps(result))
@@ -180,7 +188,11 @@ def drive(args) -> None:
         epochs = CASES[case][2]
         per_side: dict[str, list[float]] = {s: [] for s in SIDES}
         elbo: dict[str, float] = {}
-        ratios: dict[str, list[float]] = {"numpyro-epoch": [], "numpyro-step": []}
+        first: list[float] = []
+        points: dict[str, int] = {}
+        pairs = [(a, b) for a in ("library", "library-jit")
+                 for b in ("numpyro-epoch", "numpyro-step")] + [("library", "library-jit")]
+        ratios: dict[tuple[str, str], list[float]] = {pair: [] for pair in pairs}
         for r in range(args.rounds):
             order = SIDES if r % 2 == 0 else SIDES[::-1]
             medians = {}
@@ -192,25 +204,38 @@ def drive(args) -> None:
                 per_side[side] += result["seconds"]
                 medians[side] = statistics.median(result["seconds"])
                 elbo[side] = result["test_elbo"]
-            for side in ratios:
-                ratios[side].append(medians["library"] / medians[side])
+                points[side] = result["points"]
+                if side == "library":
+                    first.append(result["first_epoch"])
+            for a, b in pairs:
+                ratios[(a, b)].append(medians[a] / medians[b])
+        ratio = {f"{a} / {b}": statistics.median(v) for (a, b), v in ratios.items()}
+        # per training point: NumPyro's epoch skips the last partial batch, the library's not
+        per_point = statistics.median(ratios[("library", "numpyro-epoch")]) \
+            * points["numpyro-epoch"] / points["library"]
         row = {"case": case, "epochs_per_round": epochs, "rounds": args.rounds,
                **{f"{s} s/epoch": statistics.median(v) for s, v in per_side.items()},
-               "library / numpyro-epoch": statistics.median(ratios["numpyro-epoch"]),
-               "library / numpyro-step": statistics.median(ratios["numpyro-step"]),
+               **ratio, "library / numpyro-epoch per point": per_point,
+               "library first epoch s": statistics.median(first),
+               **{f"{s} points/epoch": v for s, v in points.items()},
                **{f"{s} test ELBO": v for s, v in elbo.items()}}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    header = ["case", "library s/epoch", "NumPyro jitted epoch", "NumPyro jitted step",
-              "library / NumPyro epoch", "library / NumPyro step",
-              "test ELBO library / epoch / step"]
+    header = ["case", "library (compiled) s/epoch", "library JIT s/epoch",
+              "NumPyro jitted epoch", "NumPyro jitted step", "compiled / NumPyro epoch",
+              "compiled / NumPyro epoch, per point", "compiled / NumPyro step",
+              "JIT / NumPyro epoch", "compiled / JIT", "first epoch (compiling) s",
+              "test ELBO compiled / JIT / epoch / step"]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] * len(header)) + " |"]
     for r in rows:
-        lines.append(f"| {r['case']} | {r['library s/epoch']:.4f} | "
-                     f"{r['numpyro-epoch s/epoch']:.4f} | {r['numpyro-step s/epoch']:.4f} | "
-                     f"{r['library / numpyro-epoch']:.2f} | {r['library / numpyro-step']:.2f} | "
-                     f"{r['library test ELBO']:.2f} / {r['numpyro-epoch test ELBO']:.2f} / "
-                     f"{r['numpyro-step test ELBO']:.2f} |")
+        lines.append(
+            f"| {r['case']} | {r['library s/epoch']:.4f} | {r['library-jit s/epoch']:.4f} | "
+            f"{r['numpyro-epoch s/epoch']:.4f} | {r['numpyro-step s/epoch']:.4f} | "
+            f"{r['library / numpyro-epoch']:.2f} | {r['library / numpyro-epoch per point']:.2f} | "
+            f"{r['library / numpyro-step']:.2f} | {r['library-jit / numpyro-epoch']:.2f} | "
+            f"{r['library / library-jit']:.2f} | {r['library first epoch s']:.1f} | "
+            f"{r['library test ELBO']:.2f} / {r['library-jit test ELBO']:.2f} / "
+            f"{r['numpyro-epoch test ELBO']:.2f} / {r['numpyro-step test ELBO']:.2f} |")
     table = "\n".join(lines)
     (out / "numpyro_speed.md").write_text(table + "\n")
     (out / "numpyro_speed.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -190,13 +190,15 @@ class Config:
 
     def compile_unsupported(self) -> str | None:
         """Why ``--compile`` (:mod:`pyro_vae.infer.compiled`) cannot train this configuration,
-        or None when it can: it compiles a pathwise-gradient objective of a Gaussian code
-        (Pyro's ELBOs, or the importance-weighted ones with reparam / stl / dreg) for the
+        or None when it can: it compiles the objective of a Gaussian code — Pyro's ELBOs, the
+        importance-weighted ones (reparam / stl / dreg), or ``TraceGraph_ELBO``'s
+        score-function estimator without a baseline or with the neural one — for the
         single-process trainer, on networks without batch norm."""
         if self.latent != "gaussian" or self.model != "vae":
             return "discrete codes and --model m2 are trained with enumeration or score terms"
-        if self.estimator not in (None, "reparam", "stl", "dreg"):
-            return f"--estimator {self.estimator} is a score-function estimator"
+        if self.estimator not in (None, "reparam", "stl", "dreg", "score", "score-nn"):
+            return (f"--estimator {self.estimator} keeps its baseline's running average in "
+                    "Python, outside the step")
         if self.strategy != "single":
             return "--strategy ddp runs Lightning's own training step"
         if self.may_use_batch_norm():

@@ -50,7 +50,7 @@ from pyro_vae.models.vae import VAE
 
 #: Options that may differ between a run and its resumption.
 RESUMABLE_CHANGES = frozenset({"epochs", "device", "checkpoint_every", "skip_nonfinite",
-                               "logger"})
+                               "logger", "compile"})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -201,7 +201,8 @@ def _check_resumable(saved: dict[str, Any], config: Config, path: Path) -> None:
         detail = ", ".join(f"{k}: {saved.get(k)!r} → {config.to_dict()[k]!r}" for k in differing)
         raise CheckpointError(
             f"{path} was written with another configuration ({detail}); resume with the "
-            "original options (only --epochs and --device may change) or use a new --out"
+            "original options (only --epochs, --device, --compile, --checkpoint-every, "
+            "--skip-nonfinite and --logger may change) or use a new --out"
         )
 
 
