@@ -288,25 +288,7 @@ class CompiledStep:
               state: Sequence[torch.Tensor] = ()) -> fx.GraphModule:
         """The step as an aten graph (random state, params and optimizer state left as they
         were: tracing runs the step once for real)."""
-        from torch.fx.experimental.proxy_tensor import make_fx
-
-        devices = [t.device for t in (*params, *args)
-                   if isinstance(t, torch.Tensor) and t.device.type == "cuda"][:1]
-        saved = [t.detach().clone() for t in (*params, *state)]
-        try:
-            with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False), \
-                    traceable_pyro():
-                graph = make_fx(self._step, tracing_mode="real")(*params, *state, *args)
-        except RuntimeError as exc:  # data-dependent control flow, unsupported ops
-            raise NotCompilableError(f"the step could not be traced ({_origin(exc)}): "
-                                     f"{str(exc).splitlines()[0]}") from exc
-        finally:
-            with torch.no_grad():
-                for t, value in zip((*params, *state), saved, strict=True):
-                    t.copy_(value)
-        self._check_constants(graph, params)
-        relu_backward_as_sign(graph)
-        return graph
+        return _trace(self._step, [*params, *state, *args])
 
     @staticmethod
     def _check_constants(graph: fx.GraphModule, params: Sequence[torch.Tensor]) -> None:
@@ -330,19 +312,7 @@ class CompiledStep:
         graph = self.trace(params, args, state)
         self.traced[key] = graph
         self._unused[key] = self._unused_at_trace
-        if self.backend == "aten":
-            self.graphs[key] = graph
-            return
-        inputs = [t.detach() if isinstance(t, torch.Tensor) else t
-                  for t in (*params, *state, *args)]
-        try:
-            with torch.no_grad():  # the graph holds its own backward: compile it for inference
-                self.graphs[key] = torch._inductor.compile(graph, inputs,
-                                                           options=INDUCTOR_OPTIONS)
-        except Exception as exc:  # no C++ compiler, an unsupported op, ...
-            raise NotCompilableError(
-                f"TorchInductor could not compile the step: {str(exc).splitlines()[0]}"
-            ) from exc
+        self.graphs[key] = _compile(graph, [*params, *state, *args], self.backend)
 
     def __call__(self, params: Sequence[torch.Tensor], *args: Any,
                  state: Sequence[torch.Tensor] = ()
