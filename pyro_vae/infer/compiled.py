@@ -34,7 +34,8 @@ flag replaces it: a non-finite step is never applied).
 * every input that changes between steps is a tensor argument (data, indices, β) or a
   trainable tensor; other Python values (the data size N, fixed likelihood scales) are frozen
   into the graph;
-* no module keeps buffers that the step updates (batch-norm statistics): refused;
+* no module buffer is updated by the step (batch-norm statistics): refused (buffers that are
+  only read, like a flow's masks, are constants of the graph);
 * random draws are graph operations (``aten.normal`` and friends) that Inductor leaves to
   torch's own generator, so each call draws fresh numbers in the same order as the eager ELBO —
   same seed, same draws, same loss and gradients up to float rounding
@@ -239,7 +240,8 @@ class CompiledStep:
         the tensors passed to :meth:`__call__` are used, so params replaced in place of
         others of the same shapes (a restored checkpoint) need no recompiling.
     :param modules: the networks ``loss_fn`` runs; refused (:class:`NotCompilableError`) if
-        any keeps buffers, which a compiled graph would not update.
+        the step changes any of their buffers (batch-norm statistics), which a compiled graph
+        would hold fixed; buffers it only reads (an autoregressive flow's masks) are fine.
     :param adam: fold this Adam update into the program (:class:`AdamUpdate`); then each call
         takes the optimizer's state (:meth:`AdamUpdate.state`) and returns no gradients.
     :param backend: ``"inductor"`` (default) or ``"aten"``, the traced graph run op by op
@@ -255,12 +257,8 @@ class CompiledStep:
                  backend: str = "inductor") -> None:
         if backend not in ("inductor", "aten"):
             raise ValueError(f"backend must be 'inductor' or 'aten', got {backend!r}")
-        with_buffers = [type(m).__name__ for m in modules for _ in m.buffers()]
-        if with_buffers:
-            raise NotCompilableError(
-                f"a compiled step cannot update module buffers ({with_buffers[0]} has some, "
-                "e.g. batch-norm statistics)")
         self.loss_fn, self.adam, self.backend = loss_fn, adam, backend
+        self.buffers = [b for m in modules for b in m.buffers()]
         self.num_params = len(params)
         self.num_state = 3 * len(params) + 1 if adam is not None else 0
         self.graphs: dict[tuple, Callable[..., Any]] = {}
@@ -288,7 +286,17 @@ class CompiledStep:
               state: Sequence[torch.Tensor] = ()) -> fx.GraphModule:
         """The step as an aten graph (random state, params and optimizer state left as they
         were: tracing runs the step once for real)."""
-        return _trace(self._step, [*params, *state, *args])
+        before = [b.clone() for b in self.buffers]
+        graph = _trace(self._step, [*params, *state, *args])
+        changed = [i for i, (b, v) in enumerate(zip(self.buffers, before, strict=True))
+                   if not torch.equal(b, v)]
+        with torch.no_grad():
+            for b, v in zip(self.buffers, before, strict=True):
+                b.copy_(v)
+        if changed:  # a buffer the step updates would be a constant of the graph
+            raise NotCompilableError("the step updates module buffers (batch-norm statistics), "
+                                     "which a compiled graph would hold fixed")
+        return graph
 
     @staticmethod
     def _check_constants(graph: fx.GraphModule, params: Sequence[torch.Tensor]) -> None:

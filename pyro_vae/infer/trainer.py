@@ -17,6 +17,12 @@ One step is what ``pyro.infer.SVI.step`` does, driven more cheaply:
 4. one ``torch.optim`` optimizer step over every trainable tensor (network weights and the
    unconstrained ``pyro.param`` values) at once.
 
+With ``config.compile`` (``--compile``; by default for CPU runs of at least
+:data:`COMPILE_MIN_STEPS` steps) every full mini-batch after the first runs steps 1–4 as one
+TorchInductor program instead (:mod:`pyro_vae.infer.compiled`): the same ELBO on the same
+``model`` and ``guide``, traced with its gradient, the finiteness flag and Adam's update. The
+trainer falls back to the steps above, for good, if the step cannot be traced or compiled.
+
 Distribution and trace validation (``pyro.enable_validation``) runs on the first step of a
 trainer, which checks every site's arguments and support once; later steps run with it off,
 since the same code meets tensors of the same kind. Training ``vae.model`` / ``vae.guide``
@@ -65,9 +71,9 @@ from pyro_vae.resources import FLOAT_BYTES, check_memory, per_sample_elements
 from pyro_vae.sites import OBS_SCALE_PARAM
 
 #: Fewest training steps (epochs × steps per epoch) for which ``compile=None`` compiles the step
-#: on CPU: compiling takes 10–20 s on a 2-core machine with an empty Inductor cache and saves
-#: 1.5–2.5 ms per step on the benchmark cases (BENCHMARKS.md), so shorter runs finish sooner
-#: on the JIT path.
+#: on CPU: compiling takes 8–15 s on a 2-core machine (Inductor's on-disk cache empty or warm)
+#: and saves 1–2.5 ms per step on the benchmark cases (BENCHMARKS.md), so shorter runs finish
+#: sooner on the JIT path.
 COMPILE_MIN_STEPS = 8000
 
 

@@ -46,7 +46,6 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from pyro.poutine.messenger import Messenger
 from torch import nn
 from torch.distributions import constraints
@@ -184,7 +183,10 @@ class VAE(nn.Module):
                 f"{self.num_classes}) rows of class weights), got {tuple(y.shape)}; "
                 "give one label per point"
             )
-        return F.one_hot(y.long(), self.num_classes).float()
+        # the one-hot rows by comparison (F.one_hot reads the labels' range into Python, which a
+        # traced step cannot; check_call validates that range outside trusted loops)
+        classes = torch.arange(self.num_classes, device=y.device)
+        return (y.long().unsqueeze(-1) == classes).float()
 
     def check_shape(self, x: torch.Tensor) -> None:
         """Raise :class:`DataError` unless ``x`` has shape ``(B, *event_shape)``."""

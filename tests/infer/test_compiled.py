@@ -181,9 +181,20 @@ def test_a_param_missing_from_the_inputs_is_refused():
         CompiledStep(loss_fn, params[1:], backend="aten").trace(params[1:], args)
 
 
-def test_modules_with_buffers_are_refused():
+def test_a_step_that_updates_buffers_is_refused_one_that_reads_them_is_not():
+    norm, weight = nn.BatchNorm1d(3, affine=False), nn.Parameter(torch.ones(3))
+    x = torch.randn(8, 3)
+    before = norm.running_mean.clone()
     with pytest.raises(NotCompilableError, match="buffers"):
-        CompiledStep(lambda: torch.zeros(()), [], modules=[nn.BatchNorm1d(3)])
+        CompiledStep(lambda x: (norm(x) * weight).sum(), [weight], modules=[norm],
+                     backend="aten").trace([weight], [x])
+    assert torch.equal(norm.running_mean, before)  # restored
+    norm.eval()  # running statistics only read
+    step = CompiledStep(lambda x: (norm(x) * weight).sum(), [weight], modules=[norm],
+                        backend="aten")
+    loss, _, grads = step([weight], x)
+    torch.testing.assert_close(loss, (norm(x) * weight).sum().detach())
+    torch.testing.assert_close(grads[0], norm(x).sum(0).detach())
 
 
 def test_adam_update_only_for_plain_adam():
