@@ -97,18 +97,16 @@ def traceable_pyro() -> Iterator[None]:
     import pyro.infer.util
     import pyro.util
 
-    replacements = ((pyro.infer.util.torch_item, _detached),
-                    (pyro.util.warn_if_nan, _no_nan_warning))
+    stand_ins = {"torch_item": (pyro.infer.util.torch_item, _detached),
+                 "warn_if_nan": (pyro.util.warn_if_nan, _no_nan_warning)}
     saved = []
     for name, module in list(sys.modules.items()):
         if module is None or not (name == "pyro" or name.startswith("pyro.")):
             continue
-        for attr in ("torch_item", "warn_if_nan"):
-            current = getattr(module, attr, None)
-            for original, stand_in in replacements:
-                if current is original:
-                    saved.append((module, attr, original))
-                    setattr(module, attr, stand_in)
+        for attr, (original, stand_in) in stand_ins.items():
+            if getattr(module, attr, None) is original:
+                saved.append((module, attr, original))
+                setattr(module, attr, stand_in)
     try:
         yield
     finally:
@@ -229,9 +227,58 @@ class AdamUpdate:
                     old.copy_(torch.where(finite, new, old))
 
 
+class CompiledProgram:
+    """Any function of tensors that returns a tuple of tensors and may update some of its
+    inputs in place (a whole optimization step), traced with ``make_fx`` and compiled by
+    TorchInductor, one graph per input signature: the inputs' values and the random state are
+    restored after tracing (which runs ``fn`` once for real), ReLU's backward is rewritten
+    (:func:`relu_backward_as_sign`). :class:`CompiledStep` is one loss and its gradient on top
+    of it; :class:`~pyro_vae.infer.vem.VariationalEM` compiles its E- and M-steps with it.
+
+    The conditions of the module docstring apply: static structure, every changing value an
+    input tensor. Refused (:class:`NotCompilableError`): reading a trainable tensor that is not
+    an input, and changing a buffer of ``modules`` (batch-norm statistics), which a compiled
+    graph would hold fixed; buffers only read (an autoregressive flow's masks) are fine.
+
+    :param backend: ``"inductor"`` (default) or ``"aten"``, the traced graph run op by op
+        without Inductor (for tests: it shows what tracing alone does).
+    """
+
+    def __init__(self, fn: Callable[..., tuple[torch.Tensor, ...]],
+                 backend: str = "inductor", modules: Sequence[nn.Module] = ()) -> None:
+        if backend not in ("inductor", "aten"):
+            raise ValueError(f"backend must be 'inductor' or 'aten', got {backend!r}")
+        self.fn, self.backend = fn, backend
+        self.buffers = [b for m in modules for b in m.buffers()]
+        self.graphs: dict[tuple, Callable[..., Any]] = {}
+
+    def __call__(self, *inputs: torch.Tensor, key: tuple | None = None
+                 ) -> tuple[torch.Tensor, ...]:
+        """Run (compiling first for a new signature). ``key``: the signature when the caller
+        knows which inputs can change shape (default: every input's shape, dtype and device)."""
+        key = _signature(inputs) if key is None else key
+        if key not in self.graphs:
+            self.graphs[key] = _compile(self.trace(inputs), inputs, self.backend)
+        with torch.no_grad():
+            return tuple(self.graphs[key](*inputs))
+
+    def trace(self, inputs: Sequence[torch.Tensor]) -> fx.GraphModule:
+        """``fn`` as an aten graph (inputs, buffers and random state left as they were)."""
+        before = [b.clone() for b in self.buffers]
+        graph = _trace(self.fn, inputs)
+        changed = any(not torch.equal(b, v) for b, v in zip(self.buffers, before, strict=True))
+        with torch.no_grad():
+            for b, v in zip(self.buffers, before, strict=True):
+                b.copy_(v)
+        if changed:  # a buffer the step updates would be a constant of the graph
+            raise NotCompilableError("the step updates module buffers (batch-norm statistics), "
+                                     "which a compiled graph would hold fixed")
+        return graph
+
+
 class CompiledStep:
     """``loss_fn``'s value, its gradient with respect to ``params`` and a finiteness flag, as
-    one Inductor-compiled program per input signature (module docstring for when this is
+    one :class:`CompiledProgram` per input signature (module docstring for when this is
     correct); with ``adam``, the optimizer's update too.
 
     :param loss_fn: ``loss_fn(*args)`` returns a scalar tensor whose gradient is the estimator,
@@ -239,13 +286,10 @@ class CompiledStep:
     :param params: the trainable tensors, in the order the gradients are returned. At each call
         the tensors passed to :meth:`__call__` are used, so params replaced in place of
         others of the same shapes (a restored checkpoint) need no recompiling.
-    :param modules: the networks ``loss_fn`` runs; refused (:class:`NotCompilableError`) if
-        the step changes any of their buffers (batch-norm statistics), which a compiled graph
-        would hold fixed; buffers it only reads (an autoregressive flow's masks) are fine.
+    :param modules: the networks ``loss_fn`` runs (their buffers: :class:`CompiledProgram`).
     :param adam: fold this Adam update into the program (:class:`AdamUpdate`); then each call
         takes the optimizer's state (:meth:`AdamUpdate.state`) and returns no gradients.
-    :param backend: ``"inductor"`` (default) or ``"aten"``, the traced graph run op by op
-        without Inductor (for tests: it shows what tracing alone does).
+    :param backend: as :class:`CompiledProgram`'s.
 
     Calling it returns ``(loss, finite, grads)``: the loss as a 0-dim tensor, ``finite`` a
     0-dim bool tensor, the gradients a list (zeros for a tensor the loss does not reach:
@@ -255,16 +299,17 @@ class CompiledStep:
     def __init__(self, loss_fn: Callable[..., torch.Tensor], params: Sequence[torch.Tensor],
                  modules: Sequence[nn.Module] = (), adam: AdamUpdate | None = None,
                  backend: str = "inductor") -> None:
-        if backend not in ("inductor", "aten"):
-            raise ValueError(f"backend must be 'inductor' or 'aten', got {backend!r}")
-        self.loss_fn, self.adam, self.backend = loss_fn, adam, backend
-        self.buffers = [b for m in modules for b in m.buffers()]
+        self.loss_fn, self.adam = loss_fn, adam
+        self.program = CompiledProgram(self._step, backend, modules)
         self.num_params = len(params)
         self.num_state = 3 * len(params) + 1 if adam is not None else 0
-        self.graphs: dict[tuple, Callable[..., Any]] = {}
-        self.traced: dict[tuple, fx.GraphModule] = {}
         self._unused: dict[tuple, frozenset[int]] = {}
         self._unused_at_trace: frozenset[int] = frozenset()
+
+    @property
+    def graphs(self) -> dict[tuple, Callable[..., Any]]:
+        """The compiled programs by input signature."""
+        return self.program.graphs
 
     def _step(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         n, k = self.num_params, self.num_state
@@ -286,41 +331,7 @@ class CompiledStep:
               state: Sequence[torch.Tensor] = ()) -> fx.GraphModule:
         """The step as an aten graph (random state, params and optimizer state left as they
         were: tracing runs the step once for real)."""
-        before = [b.clone() for b in self.buffers]
-        graph = _trace(self._step, [*params, *state, *args])
-        changed = [i for i, (b, v) in enumerate(zip(self.buffers, before, strict=True))
-                   if not torch.equal(b, v)]
-        with torch.no_grad():
-            for b, v in zip(self.buffers, before, strict=True):
-                b.copy_(v)
-        if changed:  # a buffer the step updates would be a constant of the graph
-            raise NotCompilableError("the step updates module buffers (batch-norm statistics), "
-                                     "which a compiled graph would hold fixed")
-        return graph
-
-    @staticmethod
-    def _check_constants(graph: fx.GraphModule, params: Sequence[torch.Tensor]) -> None:
-        """Refuse a graph that froze a trainable tensor as a constant (a param the loss reads
-        that was not passed in ``params``): it would never see the updates."""
-        trained = {p.untyped_storage().data_ptr() for p in params}
-        for node in graph.graph.nodes:
-            if node.op != "get_attr":
-                continue
-            value = getattr(graph, node.target)
-            if isinstance(value, torch.Tensor) and value.numel() and (
-                    value.requires_grad or value.untyped_storage().data_ptr() in trained):
-                raise NotCompilableError(
-                    f"the loss reads a trainable tensor of shape {tuple(value.shape)} that is "
-                    "not among the params given; pass every trainable tensor")
-
-    def compile(self, params: Sequence[torch.Tensor], args: Sequence[Any],
-                state: Sequence[torch.Tensor] = ()) -> None:
-        """Trace and compile for the signature of ``args`` (what the first call does)."""
-        key = _signature(args)
-        graph = self.trace(params, args, state)
-        self.traced[key] = graph
-        self._unused[key] = self._unused_at_trace
-        self.graphs[key] = _compile(graph, [*params, *state, *args], self.backend)
+        return self.program.trace([*params, *state, *args])
 
     def __call__(self, params: Sequence[torch.Tensor], *args: Any,
                  state: Sequence[torch.Tensor] = ()
@@ -328,47 +339,17 @@ class CompiledStep:
         if len(state) != self.num_state:
             raise ValueError(f"this step takes {self.num_state} optimizer-state tensors, got "
                              f"{len(state)}")
-        key = _signature(args)
-        if key not in self.graphs:
-            self.compile(params, args, state)
-        with torch.no_grad():
-            loss, finite, *grads = self.graphs[key](*params, *state, *args)
+        key = _signature(args)  # params and state keep their shapes: the batch decides
+        new = key not in self.program.graphs
+        loss, finite, *grads = self.program(*params, *state, *args, key=key)
+        if new:  # tracing recorded which params the loss reaches
+            self._unused[key] = self._unused_at_trace
         return loss, finite, grads
 
     def unused_params(self, args: Sequence[Any]) -> frozenset[int]:
         """Positions of the params the loss does not reach for the signature of ``args``
         (their returned gradients are zeros; autograd would leave them ``None``)."""
         return self._unused.get(_signature(args), frozenset())
-
-    def compiled_for(self, args: Sequence[Any]) -> bool:
-        """True when a graph for the signature of ``args`` exists."""
-        return _signature(args) in self.graphs
-
-
-class CompiledProgram:
-    """Any function of tensors that returns a tuple of tensors and may update some of its
-    inputs in place (a whole optimization step), traced and compiled like
-    :class:`CompiledStep` — one graph per input signature, inputs and random state restored
-    after tracing, ReLU's backward rewritten — for the steps that are not one loss and its
-    gradient (vEM's E- and M-steps, :class:`~pyro_vae.infer.vem.VariationalEM`).
-
-    The conditions of the module docstring apply: static structure, every changing value an
-    input tensor. ``fn`` must not read a trainable tensor that is not an input (refused).
-    """
-
-    def __init__(self, fn: Callable[..., tuple[torch.Tensor, ...]],
-                 backend: str = "inductor") -> None:
-        if backend not in ("inductor", "aten"):
-            raise ValueError(f"backend must be 'inductor' or 'aten', got {backend!r}")
-        self.fn, self.backend = fn, backend
-        self.graphs: dict[tuple, Callable[..., Any]] = {}
-
-    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        key = _signature(inputs)
-        if key not in self.graphs:
-            self.graphs[key] = _compile(_trace(self.fn, inputs), inputs, self.backend)
-        with torch.no_grad():
-            return tuple(self.graphs[key](*inputs))
 
 
 def _trace(fn: Callable[..., Any], inputs: Sequence[torch.Tensor]) -> fx.GraphModule:
@@ -388,9 +369,24 @@ def _trace(fn: Callable[..., Any], inputs: Sequence[torch.Tensor]) -> fx.GraphMo
         with torch.no_grad():
             for t, value in zip(inputs, saved, strict=True):
                 t.copy_(value)
-    CompiledStep._check_constants(graph, [t for t in inputs if t.requires_grad])
+    _check_constants(graph, [t for t in inputs if t.requires_grad])
     relu_backward_as_sign(graph)
     return graph
+
+
+def _check_constants(graph: fx.GraphModule, params: Sequence[torch.Tensor]) -> None:
+    """Refuse a graph that froze a trainable tensor as a constant (a param the loss reads that
+    was not passed among the inputs): it would never see the updates."""
+    trained = {p.untyped_storage().data_ptr() for p in params}
+    for node in graph.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        value = getattr(graph, node.target)
+        if isinstance(value, torch.Tensor) and value.numel() and (
+                value.requires_grad or value.untyped_storage().data_ptr() in trained):
+            raise NotCompilableError(
+                f"the loss reads a trainable tensor of shape {tuple(value.shape)} that is "
+                "not among the params given; pass every trainable tensor")
 
 
 def _compile(graph: fx.GraphModule, inputs: Sequence[torch.Tensor], backend: str

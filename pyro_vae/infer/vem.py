@@ -204,44 +204,35 @@ class VariationalEM:
                 theta_state, (x, idx) = inputs[7 + k:-2], inputs[-2:]
                 rows = RowAdam(lam, e.lr, e.betas, e.eps)
                 rows.m, rows.v, rows.t = m, v, t
-                loss = self._update(x, None, idx, lam, rows)
-                grads = torch.autograd.grad(loss, theta, allow_unused=True)
+                loss, grads = self._update(x, None, idx, lam, rows, theta)
+                unused = frozenset(i for i, g in enumerate(grads) if g is None)
                 grads = [torch.zeros_like(p) if g is None else g for p, g in
                          zip(theta, grads, strict=True)]
-                adam.apply(theta, grads, theta_state, torch.isfinite(loss), frozenset())
+                adam.apply(theta, grads, theta_state, torch.isfinite(loss), unused)
                 return (loss.detach(),)
 
             backend = "aten" if self.compile == "aten" else "inductor"
-            self._program = CompiledProgram(program, backend=backend)
-        (loss,) = self._program(*state, x, idx)
+            self._program = CompiledProgram(program, backend=backend, modules=[self.vae])
+        (loss,) = self._program(*state, x, idx, key=(x.shape, idx.shape))
         return float(loss)
 
-    def _update(self, x, y, idx, lam: list[torch.Tensor], rows: RowAdam) -> torch.Tensor:
-        """The E-step(s) on λ's rows ``idx``; returns the loss whose θ-gradient the M-step
-        takes (in joint mode λ's update is already applied from the same loss)."""
+    def _update(self, x, y, idx, lam: list[torch.Tensor], rows: RowAdam,
+                theta: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """The E-step(s) on λ's rows ``idx`` (by ``rows``), and the loss whose θ-gradient the
+        M-step takes with that gradient (joint mode: λ's and θ's gradients of one loss)."""
         if self.mode == "alternating":
             for _ in range(self.e_steps):
-                grads = torch.autograd.grad(self._loss(x, y, idx), lam)
-                rows.step(idx, list(grads))
-            return self._loss(x, y, idx)
+                rows.step(idx, list(torch.autograd.grad(self._loss(x, y, idx), lam)))
+            loss = self._loss(x, y, idx)
+            return loss, list(torch.autograd.grad(loss, theta, allow_unused=True))
         loss = self._loss(x, y, idx)
-        rows.step(idx, list(torch.autograd.grad(loss, lam, retain_graph=True)))
-        return loss
+        grads = torch.autograd.grad(loss, lam + theta, allow_unused=True)
+        rows.step(idx, list(grads[:len(lam)]))
+        return loss, list(grads[len(lam):])
 
     def _eager_step(self, x: torch.Tensor, y: torch.Tensor | None, idx: torch.Tensor) -> float:
-        lam = self.local.unconstrained()
-        if self.mode == "alternating":
-            for _ in range(self.e_steps):
-                grads = torch.autograd.grad(self._loss(x, y, idx), lam)
-                self._e_optim.step(idx, list(grads))
-            loss = self._loss(x, y, idx)
-            self._m_optim.zero_grad()
-            grads = torch.autograd.grad(loss, self._theta, allow_unused=True)
-        else:
-            loss = self._loss(x, y, idx)
-            grads_all = torch.autograd.grad(loss, lam + self._theta, allow_unused=True)
-            self._e_optim.step(idx, list(grads_all[:2]))
-            grads = grads_all[2:]
+        loss, grads = self._update(x, y, idx, self.local.unconstrained(), self._e_optim,
+                                   self._theta)
         for p, g in zip(self._theta, grads, strict=True):
             p.grad = g
         self._m_optim.step()
@@ -346,6 +337,13 @@ def guide_moments(vae: VAE, guide: Any, x: torch.Tensor, y: torch.Tensor | None 
     return z.mean(0), z.std(0).clamp_min(1e-4)
 
 
+def check_draws(vae: VAE, x: torch.Tensor, seed: int, samples: int = 256) -> torch.Tensor:
+    """The fixed standard-normal draws (samples, N, L) :func:`fit_local` scores the N points of
+    ``x`` on, from ``seed``."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(samples, x.shape[0], vae.latent_dim, generator=gen).to(x.device)
+
+
 def fit_local(
     vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, init: str = "encoder",
     lr: float = 3e-2, num_samples: int = 8, check_every: int = 50, patience: int = 4,
@@ -394,8 +392,7 @@ def fit_local(
     if not 0 < lr_decay < 1:
         raise ConfigError(f"lr_decay must lie in (0, 1), got {lr_decay}; e.g. 0.5")
     yy = y if vae.conditional else None
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    eps_check = torch.randn(check_samples, x.shape[0], vae.latent_dim, generator=gen).to(x.device)
+    eps_check = check_draws(vae, x, seed, check_samples)
     with evaluating(vae):
         if init == "encoder" and guide is not None:
             loc0, scale0 = guide_moments(vae, guide, x, yy)

@@ -42,7 +42,7 @@ import torch
 
 from pyro_vae.distributions.guides import draw
 from pyro_vae.infer.evaluation import LogMeanExp, elbo_terms, iwae_log_likelihood
-from pyro_vae.infer.vem import LocalFit, chunked_local_elbo, fit_local
+from pyro_vae.infer.vem import LocalFit, check_draws, chunked_local_elbo, fit_local
 from pyro_vae.models.discrete_vae import require_gaussian
 from pyro_vae.models.vae import VAE, evaluating
 from pyro_vae.nn.module import module_of
@@ -230,16 +230,9 @@ def _prior_start_needed(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, from_
     # scored on the draws the probe's fit was checked on (same seed, same shape)
     encoder = chunked_local_elbo(vae, x[probe], None if y is None else y[probe], None,
                                  {k: v[probe] for k, v in from_encoder.params.items()},
-                                 _check_draws(vae, x[probe], seed, fit_kwargs))
+                                 check_draws(vae, x[probe], seed,
+                                             fit_kwargs.get("check_samples", 256)))
     return bool((fit.elbo - encoder > PROBE_MARGIN).any())
-
-
-def _check_draws(vae: VAE, x: torch.Tensor, seed: int, fit_kwargs: dict[str, Any]
-                 ) -> torch.Tensor:
-    """The fixed draws :func:`~pyro_vae.infer.vem.fit_local` scores ``x`` on."""
-    samples = fit_kwargs.get("check_samples", 256)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.randn(samples, x.shape[0], vae.latent_dim, generator=gen).to(x.device)
 
 
 def better_of(a: LocalFit, b: LocalFit) -> LocalFit:
