@@ -49,21 +49,23 @@ reparameterized guide sites): that combination exists only in the explicit form.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.infer import TraceGraph_ELBO
+from pyro.distributions import TorchDistribution
+from pyro.infer import Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 from torch import nn
 from torch.distributions import kl_divergence
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.infer.elbo import make_elbo, particle_options
+from pyro_vae.infer.elbo import particle_options
+from pyro_vae.infer.problem import Problem, describe, program_of
 from pyro_vae.models.vae import VAE
-from pyro_vae.sites import LATENT_SITE
 
 ESTIMATORS = ("reparam", "score", "score-avg", "score-nn", "stl")
 KL_MODES = ("mc", "analytic")
@@ -83,25 +85,12 @@ def check_estimator(estimator: str, kl: str) -> None:
 
 
 # --------------------------------------------------------------------------- distributions
-class ScoreFunctionNormal(dist.Normal):
-    """A Normal that Pyro treats as non-reparameterizable (``has_rsample`` is a class attribute,
-    so it survives ``expand`` by plates and particle dimensions)."""
-
-    has_rsample = False
-
-
 class StopGradientNormal(dist.Normal):
     """A Normal whose samples are reparameterized but whose ``log_prob`` sees μ and σ as constants
     (the sticking-the-landing path derivative)."""
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return dist.Normal(self.loc.detach(), self.scale.detach()).log_prob(value)
-
-
-class ScoreFunctionMultivariateNormal(dist.MultivariateNormal):
-    """A full-covariance Gaussian that Pyro treats as non-reparameterizable."""
-
-    has_rsample = False
 
 
 class StopGradientMultivariateNormal(dist.MultivariateNormal):
@@ -112,55 +101,144 @@ class StopGradientMultivariateNormal(dist.MultivariateNormal):
                                        scale_tril=self.scale_tril.detach()).log_prob(value)
 
 
-_REBUILD = {
-    "score": {dist.Normal: ScoreFunctionNormal,
-              dist.MultivariateNormal: ScoreFunctionMultivariateNormal},
-    "stl": {dist.Normal: StopGradientNormal,
-            dist.MultivariateNormal: StopGradientMultivariateNormal},
-}
+_STOP_GRADIENT = {dist.Normal: StopGradientNormal,
+                  dist.MultivariateNormal: StopGradientMultivariateNormal}
 
 
-def _rebuild(fn: dist.TorchDistribution, kind: str) -> dist.TorchDistribution:
-    """``fn`` as the score-function (``kind="score"``) or sticking-the-landing (``"stl"``)
-    version of its Gaussian, keeping its ``to_event`` dims: the guide site may be a diagonal
-    (``Normal``) or full-covariance (``MultivariateNormal``) Gaussian."""
-    if kind == "score" and not fn.has_rsample:
-        return fn  # already a score-function site (a discrete code)
+def _rebuild(fn: dist.TorchDistribution, kind: str = "stl", name: str = "z"
+             ) -> dist.TorchDistribution:
+    """``fn`` as the sticking-the-landing version of its Gaussian (``log_prob`` with its
+    parameters held fixed), keeping its ``to_event`` dims: a diagonal (``Normal``) or
+    full-covariance (``MultivariateNormal``) Gaussian. A ``Delta`` site (an autoguide's
+    deterministic site, whose density is a Jacobian term of its auxiliary draw) is left as it
+    is; any other family is refused."""
     base, ndims = fn, 0
     while isinstance(base, dist.Independent):
         ndims += base.reinterpreted_batch_ndims
         base = base.base_dist
+    if isinstance(base, dist.Delta):
+        return fn
     if isinstance(base, dist.MultivariateNormal):
-        new = _REBUILD[kind][dist.MultivariateNormal](base.loc, scale_tril=base.scale_tril)
+        new = _STOP_GRADIENT[dist.MultivariateNormal](base.loc, scale_tril=base.scale_tril)
     elif isinstance(base, dist.Normal):
-        new = _REBUILD[kind][dist.Normal](base.loc, base.scale)
+        new = _STOP_GRADIENT[dist.Normal](base.loc, base.scale)
     else:
-        raise ConfigError(f"the {kind} estimator needs a Gaussian guide site z (Normal or "
-                          f"MultivariateNormal), got {type(base).__name__}; use the reparam "
-                          "estimator for this guide")
+        raise ConfigError(f"the {kind} estimator needs Gaussian guide sites (Normal or "
+                          f"MultivariateNormal); site {name!r} is {type(base).__name__}: use "
+                          "the reparam estimator for this guide")
     return new.to_event(ndims) if ndims else new
 
 
-class ScoreFunctionMessenger(Messenger):
-    """Make ``site`` of the wrapped guide non-reparameterizable, optionally with a baseline.
+_NO_SHAPE = torch.Size()
+
+
+class ScoreFunctionDistribution(TorchDistribution):
+    """Any distribution, seen by Pyro as non-reparameterizable: ``has_rsample`` is ``False``,
+    ``sample`` draws without a gradient path, ``log_prob`` is the wrapped distribution's. Pyro's
+    ``TraceGraph_ELBO`` then gives the site the score-function term
+    ``log q(z) · (downstream cost − baseline)``. ``expand`` keeps the wrapper, so it survives
+    plates and the vectorized-particle plate."""
+
+    arg_constraints: ClassVar[dict] = {}
+    has_rsample = False
+
+    def __init__(self, base: TorchDistribution) -> None:
+        self.base = base
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    @property
+    def support(self):
+        return self.base.support
+
+    @property
+    def has_enumerate_support(self) -> bool:
+        return self.base.has_enumerate_support
+
+    def enumerate_support(self, expand: bool = True) -> torch.Tensor:
+        return self.base.enumerate_support(expand)
+
+    def expand(self, batch_shape, _instance=None) -> ScoreFunctionDistribution:
+        return ScoreFunctionDistribution(self.base.expand(batch_shape))
+
+    def sample(self, sample_shape: torch.Size = _NO_SHAPE) -> torch.Tensor:
+        with torch.no_grad():
+            return self.base.sample(sample_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return self.base.log_prob(value)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.base.mean
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self.base.variance
+
+
+class _SiteMessenger(Messenger):
+    """Rewrites the guide's latent sample sites — the named ``sites``, or every one (auxiliary
+    sites included) when ``sites`` is ``None`` — and refuses, when the guide returns, a named
+    site it never sampled."""
+
+    what = "the estimator"
+
+    def __init__(self, sites: Sequence[str] | None = None) -> None:
+        super().__init__()
+        if isinstance(sites, str):
+            sites = (sites,)
+        self.sites = None if sites is None else tuple(sites)
+        self._seen: set[str] = set()
+        self._sampled: set[str] = set()
+
+    def __enter__(self):
+        self._seen, self._sampled = set(), set()
+        return super().__enter__()
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        out = super().__exit__(exc_type, exc_value, traceback)
+        if exc_type is None and self.sites is not None:
+            missing = [s for s in self.sites if s not in self._seen]
+            if missing:
+                known = ", ".join(map(repr, sorted(self._sampled))) or "none"
+                raise ConfigError(f"{self.what} names site(s) {', '.join(map(repr, missing))}, "
+                                  f"which the guide does not sample; name its latent sites "
+                                  f"({known}) or pass sites=None for all of them")
+        return out
+
+    def _applies(self, msg: Any) -> bool:
+        if msg["type"] != "sample" or msg["is_observed"] or site_is_subsample(msg):
+            return False
+        self._sampled.add(msg["name"])
+        if self.sites is not None and msg["name"] not in self.sites:
+            return False
+        self._seen.add(msg["name"])
+        return True
+
+
+class ScoreFunctionMessenger(_SiteMessenger):
+    """Make the guide's ``sites`` (default: all its latent sites) non-reparameterizable
+    (:class:`ScoreFunctionDistribution`), optionally with a baseline.
 
     :param baseline: ``None``, ``"avg"`` (decaying average, ``baseline_beta`` = 0.9) or
         ``"nn"`` (with ``nn_baseline`` and its input ``nn_baseline_input``).
     """
 
-    def __init__(self, site: str = LATENT_SITE, baseline: str | None = None,
+    what = "the score-function estimator"
+
+    def __init__(self, sites: Sequence[str] | None = None, baseline: str | None = None,
                  nn_baseline: nn.Module | None = None,
                  nn_baseline_input: torch.Tensor | None = None) -> None:
-        super().__init__()
-        self.site = site
+        super().__init__(sites)
         self.baseline = baseline
         self.nn_baseline = nn_baseline
         self.nn_baseline_input = nn_baseline_input
 
     def _process_message(self, msg: Any) -> None:
-        if msg["type"] != "sample" or msg["name"] != self.site or msg["is_observed"]:
+        if not self._applies(msg):
             return
-        msg["fn"] = _rebuild(msg["fn"], "score")
+        if msg["fn"].has_rsample:
+            msg["fn"] = ScoreFunctionDistribution(msg["fn"])
         if self.baseline == "avg":
             msg["infer"]["baseline"] = {"use_decaying_avg_baseline": True,
                                         "baseline_beta": BASELINE_BETA}
@@ -169,16 +247,15 @@ class ScoreFunctionMessenger(Messenger):
                                         "nn_baseline_input": self.nn_baseline_input}
 
 
-class StickingTheLandingMessenger(Messenger):
-    """Evaluate ``log q`` at ``site`` with stop-gradient parameters (STL)."""
+class StickingTheLandingMessenger(_SiteMessenger):
+    """Evaluate ``log q`` at the guide's ``sites`` (default: all its latent sites) with
+    stop-gradient parameters (STL); the sites must be Gaussian (diagonal or full covariance)."""
 
-    def __init__(self, site: str = LATENT_SITE) -> None:
-        super().__init__()
-        self.site = site
+    what = "the sticking-the-landing estimator"
 
     def _process_message(self, msg: Any) -> None:
-        if msg["type"] == "sample" and msg["name"] == self.site and not msg["is_observed"]:
-            msg["fn"] = _rebuild(msg["fn"], "stl")
+        if self._applies(msg):
+            msg["fn"] = _rebuild(msg["fn"], "stl", msg["name"])
 
 
 class DifferentiableTraceGraph_ELBO(TraceGraph_ELBO):  # noqa: N801 (Pyro's naming)
@@ -191,6 +268,83 @@ class DifferentiableTraceGraph_ELBO(TraceGraph_ELBO):  # noqa: N801 (Pyro's nami
         # loss; the loss is −ELBO, as ``loss_and_grads`` reports it
         elbo, surrogate = self._loss_and_surrogate_loss(model, guide, args, kwargs)
         return surrogate - surrogate.detach() - torch.as_tensor(elbo).detach()
+
+
+class ScoreFunctionELBO(DifferentiableTraceGraph_ELBO):
+    """The score-function (REINFORCE) estimator of the ELBO gradient as a Pyro ``ELBO``: hand it
+    to ``pyro.infer.SVI`` with the *unchanged* model and guide.
+
+    Each step runs the guide with ``sites`` (default: every latent site it samples) made
+    non-reparameterizable (:class:`ScoreFunctionMessenger`), so ``TraceGraph_ELBO`` gives each
+    of them the surrogate term log q(z) · stop_grad(downstream cost − b); every other site
+    keeps its pathwise gradient. Unbiased for any baseline b that does not depend on the draw
+    of z (Williams 1992; Mnih & Gregor 2014; Pyro's SVI tutorial part III).
+
+    :param sites: guide site names, or ``None`` for all; a name the guide never samples raises
+        :class:`~pyro_vae.errors.ConfigError` at the first step.
+    :param baseline: ``None``, ``"avg"`` (Pyro's decaying average, β = 0.9, per site), ``"nn"``
+        (a :class:`NeuralBaseline` b_ψ(x) of the guide's first argument, built at the first step
+        and registered as ``pyro.module(baseline_name, ...)`` so that SVI trains it on
+        (cost − b)²) or an ``nn.Module`` to use as that network.
+    :param baseline_offset: b_ψ's initial output (TraceGraph's costs carry the plate's N/B, so
+        about N/B · E_q[f] is a good start).
+    """
+
+    def __init__(self, sites: Sequence[str] | None = None,
+                 baseline: str | nn.Module | None = None, num_particles: int = 1,
+                 baseline_offset: float = 0.0, baseline_name: str = "baseline",
+                 register_baseline: bool = True, **elbo_options: Any) -> None:
+        if isinstance(baseline, nn.Module):
+            self.baseline_kind, self.nn_baseline = "nn", baseline
+        elif baseline in (None, "avg", "nn"):
+            self.baseline_kind, self.nn_baseline = baseline, None
+        else:
+            raise ConfigError(f"unknown baseline {baseline!r}; use None, 'avg', 'nn' or a "
+                              "torch.nn.Module")
+        elbo_options.setdefault("vectorize_particles", num_particles > 1)
+        super().__init__(num_particles=num_particles, **elbo_options)
+        self.messenger = ScoreFunctionMessenger(sites)
+        self.sites = self.messenger.sites
+        self.baseline_offset, self.baseline_name = baseline_offset, baseline_name
+        self.register_baseline = register_baseline
+
+    def _guide(self, guide):
+        def scored(*args, **kwargs):
+            handler = self.messenger
+            handler.baseline = self.baseline_kind
+            if self.baseline_kind == "nn":
+                x = args[0] if args else next(iter(kwargs.values()))
+                if self.nn_baseline is None:
+                    self.nn_baseline = NeuralBaseline(tuple(x.shape[1:]),
+                                                      offset=self.baseline_offset).to(x.device)
+                if self.register_baseline:
+                    pyro.module(self.baseline_name, self.nn_baseline)
+                particles = self.num_particles if self.vectorize_particles else 1
+                handler.nn_baseline = self.nn_baseline
+                handler.nn_baseline_input = x.expand(particles, *x.shape) if particles > 1 else x
+            with handler:
+                return guide(*args, **kwargs)
+
+        return scored
+
+    def _get_trace(self, model, guide, args, kwargs):
+        return super()._get_trace(model, self._guide(guide), args, kwargs)
+
+
+class StickingTheLandingELBO(Trace_ELBO):
+    """The sticking-the-landing estimator (Roeder, Wu & Duvenaud 2017) as a Pyro ``ELBO``:
+    ``Trace_ELBO`` with log q of the guide's ``sites`` (default: all its Gaussian sites)
+    evaluated with the distribution's parameters held fixed, which drops the score term
+    ∇_φ log q(z)|_z (zero mean, non-zero variance) from the pathwise gradient. Unbiased for the
+    ELBO; exact (zero variance) when q equals the posterior."""
+
+    def __init__(self, sites: Sequence[str] | None = None, **elbo_options: Any) -> None:
+        super().__init__(**elbo_options)
+        self.messenger = StickingTheLandingMessenger(sites)
+        self.sites = self.messenger.sites
+
+    def _get_trace(self, model, guide, args, kwargs):
+        return super()._get_trace(model, self.messenger(guide), args, kwargs)
 
 
 class NeuralBaseline(nn.Module):
@@ -235,7 +389,7 @@ def surrogate_objective(
     if estimator in ("reparam", "stl"):
         z = q.rsample((num_samples,))
         log_q = q.log_prob(z) if estimator == "reparam" else \
-            _rebuild(q, "stl").log_prob(z)
+            _rebuild(q).log_prob(z)
         fz = f(z, log_q)
         return fz.mean(0), fz.detach()
     z = q.sample((num_samples,))
@@ -294,12 +448,15 @@ class BaselineState:
                 self.optim.step()
 
 
-def mean_integrand(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, kl: str) -> float:
-    """E_q[f] over the batch from one draw per point: the starting offset of b_ψ."""
+def mean_integrand(vae: Any, x: torch.Tensor, y: torch.Tensor | None, kl: str,
+                   guide: Callable[..., Any] | None = None) -> float:
+    """E_q[f] over the batch from one draw per point (the starting offset of b_ψ): the ELBO
+    integrand log p(x, z) − log q(z | x) for ``kl="mc"``, log p(x | z) for ``"analytic"``."""
+    from pyro_vae.infer.evaluation import elbo_terms
+
     with torch.no_grad():
-        q = vae.posterior(x, y)
-        z = q.sample()
-        return float(vae_integrand(vae, x, y, kl)(z, q.log_prob(z)).mean())
+        terms = elbo_terms(vae, x, y, 1, guide)
+    return float(terms["recon" if kl == "analytic" else "elbo"].mean())
 
 
 def explicit_surrogate(
@@ -327,7 +484,7 @@ def explicit_surrogate(
 
 # --------------------------------------------------------------------------- through Pyro
 def pyro_loss(
-    vae: VAE,
+    vae: Any,
     x: torch.Tensor,
     y: torch.Tensor | None,
     estimator: str,
@@ -335,26 +492,24 @@ def pyro_loss(
     num_samples: int = 1,
     nn_baseline: nn.Module | None = None,
     guide: Callable[..., Any] | None = None,
+    problem: Problem | None = None,
 ) -> torch.Tensor:
-    """The same estimator's surrogate through Pyro's ELBOs, per data point (loss / B), for
-    ``guide`` (default ``vae.guide``; any guide of the protocol whose site ``"z"`` is a
-    Gaussian, diagonal or full-covariance, for the score and STL estimators).
+    """The estimator's surrogate loss through Pyro's ELBOs, per data point of the whole data
+    set (loss / N, N the data plate's full size), for ``vae.model`` and ``guide`` (default
+    ``vae.guide``) — any model and guide: the score family makes every latent site of the
+    guide score-function, STL stops the gradient through every Gaussian site's parameters.
 
-    ``vae.num_data`` must be ``None`` (the batch is the data set) so the scales match the
-    explicit form. Returns a differentiable surrogate loss; for the ``score`` family it is
-    ``TraceGraph_ELBO``'s surrogate including its baseline loss (whose gradient reaches only
-    the baseline network).
+    For the ``score`` family it is ``TraceGraph_ELBO``'s surrogate including its baseline loss
+    (whose gradient reaches only ``nn_baseline``, which the caller trains).
     """
     check_estimator(estimator, kl)
-    if estimator in SCORE_FAMILY:
-        _check_pyro_supports(estimator, kl)
-        sf_guide = _score_function_guide(vae, BASELINE_KIND[estimator], nn_baseline,
-                                         num_samples, register=False,  # the lab trains it
-                                         guide=guide)
-        elbo = DifferentiableTraceGraph_ELBO(**particle_options(num_samples))
-        return _tracegraph_surrogate(elbo, vae.model, sf_guide, x, y) / x.shape[0]
-    est_guide, elbo = svi_objective(vae, estimator, kl, num_samples, guide=guide)
-    return elbo.differentiable_loss(vae.model, est_guide, x, y) / x.shape[0]
+    model, guide = program_of(vae, guide)
+    problem = problem or describe(model, guide, x, y)
+    args = problem.args(x, y)
+    _, elbo = pyro_objective(estimator, kl, num_samples, nn_baseline=nn_baseline,
+                             register_baseline=False,
+                             max_plate_nesting=problem.max_plate_nesting)
+    return elbo.differentiable_loss(model, guide, *args) / problem.plate.full_size
 
 
 def _check_pyro_supports(estimator: str, kl: str) -> None:
@@ -364,60 +519,39 @@ def _check_pyro_supports(estimator: str, kl: str) -> None:
                           "the explicit implementation for this combination")
 
 
-def _score_function_guide(
-    vae: VAE, kind: str | None, net: nn.Module | None, num_particles: int, register: bool,
-    guide: Callable[..., Any] | None = None,
-) -> Callable[..., Any]:
-    """The VAE's guide under :class:`ScoreFunctionMessenger`. The network baseline must match
-    TraceGraph's downstream cost, shape (S, B) with S vectorized particles, so its input is
-    expanded; ``register`` makes it a ``pyro.module`` that SVI trains."""
-
-    base_guide = vae.guide if guide is None else guide
-
-    def sf_guide(x, y=None, indices=None, beta=1.0):
-        if register and net is not None:
-            pyro.module("baseline", net)
-        nn_input = x.expand(num_particles, *x.shape) if num_particles > 1 else x
-        handler = ScoreFunctionMessenger(baseline=kind, nn_baseline=net,
-                                         nn_baseline_input=nn_input)
-        return handler(base_guide)(x, y, indices, beta)
-
-    sf_guide.baseline_net = net  # for callers that train the baseline themselves
-    return sf_guide
-
-
-def _tracegraph_surrogate(elbo: TraceGraph_ELBO, model, guide, *args) -> torch.Tensor:
-    """``TraceGraph_ELBO``'s differentiable surrogate loss (what ``loss_and_grads`` backprops)."""
-    _, surrogate = elbo._loss_and_surrogate_loss(model, guide, args, {})
-    return surrogate
+def pyro_objective(estimator: str, kl: str = "mc", num_particles: int = 1,
+                   baseline_offset: float = 0.0, nn_baseline: nn.Module | None = None,
+                   sites: Sequence[str] | None = None, register_baseline: bool = True,
+                   max_plate_nesting: float = float("inf")) -> tuple[str, Any]:
+    """The Pyro ``ELBO`` of ``estimator`` (and its name): ``Trace_ELBO`` (or
+    ``TraceMeanField_ELBO`` for an analytic KL) for ``reparam``, :class:`StickingTheLandingELBO`
+    for ``stl``, :class:`ScoreFunctionELBO` with the estimator's baseline for the score
+    family. Each takes the user's model and guide unchanged; ``max_plate_nesting`` unset,
+    Pyro finds the model's nesting from its first trace."""
+    check_estimator(estimator, kl)
+    _check_pyro_supports(estimator, kl)
+    options = {**particle_options(num_particles), "max_plate_nesting": max_plate_nesting}
+    if estimator == "reparam" or (estimator == "stl" and kl == "analytic"):
+        # with an analytic KL there is no sampled log q: STL is the reparameterized estimator
+        cls = TraceMeanField_ELBO if kl == "analytic" else Trace_ELBO
+        return "reparam", cls(**options)
+    if estimator == "stl":
+        return "stl", StickingTheLandingELBO(sites, **options)
+    kind = BASELINE_KIND[estimator]
+    baseline = nn_baseline if (kind == "nn" and nn_baseline is not None) else kind
+    return estimator, ScoreFunctionELBO(sites, baseline, baseline_offset=baseline_offset,
+                                        register_baseline=register_baseline, **options)
 
 
 def svi_objective(
-    vae: VAE, estimator: str, kl: str = "mc", num_particles: int = 1,
+    vae: Any, estimator: str, kl: str = "mc", num_particles: int = 1,
     baseline_offset: float = 0.0, guide: Callable[..., Any] | None = None,
+    sites: Sequence[str] | None = None,
 ) -> tuple[Callable[..., Any], Any]:
-    """A ``(guide, ELBO)`` pair that makes ``pyro.infer.SVI`` train with ``estimator``.
-
-    ``reparam``: the VAE's guide with ``Trace_ELBO`` (``TraceMeanField_ELBO`` for an analytic
-    KL). ``stl``: the guide under :class:`StickingTheLandingMessenger` with ``Trace_ELBO``.
-    Score family: the guide under :class:`ScoreFunctionMessenger` with ``TraceGraph_ELBO``;
+    """A ``(guide, ELBO)`` pair that makes ``pyro.infer.SVI`` train with ``estimator``: the
+    guide is ``guide`` (default ``vae.guide``) unchanged, the ELBO :func:`pyro_objective`'s.
     ``score-nn`` registers its :class:`NeuralBaseline` with ``pyro.module("baseline", ...)``
-    so that SVI trains it alongside the VAE. TraceGraph's costs carry the plate's N/B scale,
-    so ``baseline_offset`` (the network's starting output) should be about N/B · E_q[f].
-    """
-    check_estimator(estimator, kl)
-    _check_pyro_supports(estimator, kl)
-    base_guide = vae.guide if guide is None else guide
-    if estimator == "reparam" or (estimator == "stl" and kl == "analytic"):
-        # with an analytic KL there is no sampled log q: STL is the reparameterized estimator
-        return base_guide, make_elbo("meanfield" if kl == "analytic" else "trace",
-                                     num_particles)
-    if estimator == "stl":
-        return StickingTheLandingMessenger()(base_guide), make_elbo("trace", num_particles)
-    kind = BASELINE_KIND[estimator]
-    net = NeuralBaseline(vae.event_shape, offset=baseline_offset) if kind == "nn" else None
-    if net is not None:
-        net.to(next(vae.encoder.parameters()).device)
-    return (_score_function_guide(vae, kind, net, num_particles, register=True,
-                                  guide=guide),
-            DifferentiableTraceGraph_ELBO(**particle_options(num_particles)))
+    so that SVI trains it alongside the model; ``baseline_offset`` is its starting output
+    (about N/B · E_q[f], as TraceGraph's costs carry the plate's N/B scale)."""
+    _, elbo = pyro_objective(estimator, kl, num_particles, baseline_offset, sites=sites)
+    return (vae.guide if guide is None else guide), elbo

@@ -30,13 +30,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import pyro
 import torch
 from pyro import poutine
 from torch.distributions import Distribution, kl_divergence
 
 from pyro_vae.data.datasets import DataSet, validate_arrays
 from pyro_vae.errors import ConfigError, check_count
+from pyro_vae.infer.problem import Problem, describe, program_of
 from pyro_vae.models.vae import VAE, evaluating
 from pyro_vae.nn.module import module_of
 from pyro_vae.resources import FLOAT_BYTES, check_memory, per_sample_elements, points_per_chunk
@@ -75,67 +75,73 @@ def _owners(vae: Any, guide: Callable[..., Any] | None) -> tuple[Any, ...]:
     return (vae, owner) if owner is not None and owner is not vae else (vae,)
 
 
-def _site_log_probs(trace: poutine.Trace, observed: bool) -> dict[str, torch.Tensor]:
-    """Unscaled ``log_prob`` of each sample site (observed or latent ones), by name."""
-    return {name: site["fn"].log_prob(site["value"]) for name, site in trace.nodes.items()
-            if site["type"] == "sample" and site["is_observed"] == observed}
+def problem_of(vae: Any, x: torch.Tensor, y: torch.Tensor | None = None,
+               guide: Callable[..., Any] | None = None) -> Problem:
+    """The :class:`~pyro_vae.infer.problem.Problem` of ``vae``'s model and ``guide`` (default
+    ``vae.guide``) on the batch ``x``."""
+    model, guide = program_of(vae, guide)
+    return describe(model, guide, x, y)
 
 
-def _traces(vae: Any, guide: Callable[..., Any], x: torch.Tensor, y: torch.Tensor | None
-            ) -> tuple[poutine.Trace, poutine.Trace]:
-    guide_tr = poutine.trace(guide).get_trace(x, y)
-    model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x, y)
-    return guide_tr, model_tr
-
-
-def _kl(guide_tr: poutine.Trace, model_tr: poutine.Trace, name: str) -> torch.Tensor | None:
-    """KL(q ‖ p) of latent site ``name`` in closed form, or ``None`` where torch has none."""
+def _exact_kl(problem: Problem, guide_tr: poutine.Trace, model_tr: poutine.Trace
+              ) -> torch.Tensor | None:
+    """KL(q(z|x) ‖ p(z)) per point in closed form, or ``None``: only for a guide of one latent
+    site and no auxiliary site, where the closed form is the whole guide's KL, and only where
+    torch has it for the pair of distributions."""
+    if len(problem.latents) != 1 or problem.auxiliary:
+        return None
+    name = problem.latents[0].name
     q, p = guide_tr.nodes[name]["fn"], model_tr.nodes[name]["fn"]
+    if guide_tr.nodes[name]["mask"] is not None or model_tr.nodes[name]["mask"] is not None:
+        return None
     try:
-        distributions = isinstance(q, Distribution) and isinstance(p, Distribution)
-        if distributions and q.batch_shape != p.batch_shape:
+        if isinstance(q, Distribution) and isinstance(p, Distribution) \
+                and q.batch_shape != p.batch_shape:
             # e.g. a prior broadcast by the particle plate: some closed forms (Bernoulli's)
             # index with masks and need equal shapes
             batch = torch.broadcast_shapes(q.batch_shape, p.batch_shape)
             q, p = q.expand(batch), p.expand(batch)
-        return kl_divergence(q, p)
+        kl = kl_divergence(q, p)
     except NotImplementedError:
         return None
+    return problem.per_point(guide_tr.nodes[name], kl, kl.shape[0] if kl.dim() >
+                             problem.max_plate_nesting else 1)[0]
 
 
 def elbo_terms(
     vae: Any, x: torch.Tensor, y: torch.Tensor | None = None, num_samples: int = 1,
     guide: Callable[..., Any] | None = None, max_elements: int = 2**23,
+    problem: Problem | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per-point ``recon`` (MC over ``num_samples`` draws of z), ``kl`` and ``elbo``.
+    """Per-point ``recon`` (Monte Carlo over ``num_samples`` draws of every latent site), ``kl``
+    and ``elbo`` = ``recon`` − ``kl``, each ``(B,)``.
 
-    ``recon`` sums the observed sites of the model, ``kl`` the latent sites of the guide (closed
-    form per site where ``torch.distributions.kl_divergence`` has it, else Monte Carlo on the
-    same draws). The draws are vectorized over a particle plate at dim -2, in chunks of at most
+    ``recon`` sums the model's observed sites; ``kl`` = E_q[log q(z|x) − log p(z)] over every
+    latent (and auxiliary) site. The KL is taken in closed form only where that is the whole
+    guide's KL — a guide with a single latent site whose (q, p) pair has a
+    ``torch.distributions.kl_divergence`` — and by the same Monte Carlo draws otherwise (a
+    closed form per site would be wrong for a hierarchy, whose prior of z1 depends on the draw
+    of z2). The draws are vectorized over a particle plate, in chunks of at most
     ``max_elements`` / (points × data dims) particles.
     """
-    guide = _guide_of(vae, guide)
+    problem = problem or problem_of(vae, x, y, guide)
     dims = math.prod(x.shape[1:])
     chunk = max(1, min(num_samples, max_elements // max(1, x.shape[0] * dims)))
     recon = torch.zeros(x.shape[0], device=x.device)
     kl_mc = torch.zeros(x.shape[0], device=x.device)
-    exact: dict[str, torch.Tensor] = {}
+    exact = None
     done = 0
     while done < num_samples:
         k = min(chunk, num_samples - done)
-        with pyro.plate("elbo_particles", k, dim=-2):
-            guide_tr, model_tr = _traces(vae, guide, x, y)
-        shape = (k, x.shape[0])
-        recon = recon + sum(_site_log_probs(model_tr, observed=True).values()
-                            ).expand(shape).sum(0) / num_samples
-        for name, log_q in _site_log_probs(guide_tr, observed=False).items():
-            if done == 0 and (value := _kl(guide_tr, model_tr, name)) is not None:
-                exact[name] = value.expand(shape)[0]
-            if name not in exact:
-                log_p = model_tr.nodes[name]["fn"].log_prob(model_tr.nodes[name]["value"])
-                kl_mc = kl_mc + (log_q - log_p).expand(shape).sum(0) / num_samples
+        guide_tr, model_tr = problem.traces(x, y, k)
+        terms = problem.log_weight_terms(guide_tr, model_tr, k)
+        recon = recon + terms["log_lik"].sum(0) / num_samples
+        if done == 0:
+            exact = _exact_kl(problem, guide_tr, model_tr)
+        if exact is None:
+            kl_mc = kl_mc + (terms["log_q"] - terms["log_prior"]).sum(0) / num_samples
         done += k
-    kl = kl_mc + sum(exact.values())
+    kl = kl_mc if exact is None else exact
     return {"elbo": recon - kl, "recon": recon, "kl": kl}
 
 
@@ -202,18 +208,12 @@ def evaluate_elbo(
 
 def log_importance_weights(
     vae: Any, x: torch.Tensor, y: torch.Tensor | None, num_particles: int,
-    guide: Callable[..., Any] | None = None,
+    guide: Callable[..., Any] | None = None, problem: Problem | None = None,
 ) -> torch.Tensor:
     """log w_k = log p(x, z_k) - log q(z_k | x) for ``num_particles`` draws z_k ~ q per point,
-    shape ``(K, B)``: guide and model run once, vectorized over a particle plate at dim -2."""
-    guide = _guide_of(vae, guide)
-    with pyro.plate("iwae_particles", num_particles, dim=-2):
-        guide_tr, model_tr = _traces(vae, guide, x, y)
-    log_w = sum(_site_log_probs(model_tr, observed=True).values())
-    for name, log_q in _site_log_probs(guide_tr, observed=False).items():
-        log_p = model_tr.nodes[name]["fn"].log_prob(model_tr.nodes[name]["value"])
-        log_w = log_w + log_p - log_q
-    return log_w.expand(num_particles, x.shape[0])
+    shape ``(K, B)``, over every latent site (:meth:`Problem.log_weights`)."""
+    problem = problem or problem_of(vae, x, y, guide)
+    return problem.log_weights(x, y, num_particles)
 
 
 def iwae_log_likelihood(
@@ -251,9 +251,10 @@ def iwae_log_likelihood(
             yb = None if y is None else y[start:start + batch_size]
             k_chunk = max(1, min(num_samples, max_elements // (xb.shape[0] * dims)))
             running = LogMeanExp(xb.shape[0], x.device)
+            problem = problem_of(vae, xb, yb, guide)
             while running.count < num_samples:
                 k = min(k_chunk, num_samples - running.count)
-                running.add(log_importance_weights(vae, xb, yb, k, guide))
+                running.add(problem.log_weights(xb, yb, k))
             out.append(running.result())
             if progress is not None:
                 progress(xb.shape[0])

@@ -67,13 +67,14 @@ from typing import Any
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import site_is_subsample
 from pyro.util import check_model_guide_match, warn_if_nan
 
 from pyro_vae.errors import ConfigError, check_count
-from pyro_vae.sites import DATA_PLATE
+from pyro_vae.infer.problem import DataPlate, ModelError, data_plate
 
 OBJECTIVES = ("elbo", "iwae", "miwae", "ciwae", "piwae")
 IW_ESTIMATORS = ("reparam", "stl", "dreg")
@@ -161,17 +162,19 @@ class ImportanceWeightedELBO(ELBO):
             check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
         return model_trace, guide_trace
 
-    def _local(self, site: dict[str, Any], log_prob: torch.Tensor
+    def _local(self, site: dict[str, Any], log_prob: torch.Tensor, plate: DataPlate
                ) -> tuple[torch.Tensor, float]:
         """``log_prob`` times the site's local scale, as a (P, B) tensor, and the data plate's
         subsampling factor N/B."""
-        data = [f for f in site["cond_indep_stack"] if f.name == DATA_PLATE]
+        data = [f for f in site["cond_indep_stack"] if f.name == plate.name]
         if not data:
-            raise ConfigError(
-                f"site {site['name']!r} is outside the {DATA_PLATE!r} plate; importance weights "
-                "are per data point, so every sample site must be inside it"
+            raise ModelError(
+                f"site {site['name']!r} is outside the data plate {plate.name!r}; importance "
+                "weights are per data point, so every sample site must be inside it"
             )
         frame = data[0]
+        if site["mask"] is not None:
+            log_prob = scale_and_mask(log_prob, mask=site["mask"])
         subsample = (frame.full_size or frame.size) / frame.size
         local = site["scale"] / subsample
         particles, rank = self.K * self.M, self.model_plates + 1
@@ -191,17 +194,18 @@ class ImportanceWeightedELBO(ELBO):
         log_p = log_q_fixed = log_q_params = log_q_score = 0.0
         scale = None
         latents = []
+        plate = data_plate(model_trace, exclude=(PARTICLE_PLATE,))
         for site in model_trace.nodes.values():
             if site["type"] != "sample" or site_is_subsample(site):
                 continue
-            lp, scale = self._local(site, site["fn"].log_prob(site["value"]))
+            lp, scale = self._local(site, site["fn"].log_prob(site["value"]), plate)
             log_p = log_p + lp
         for site in guide_trace.nodes.values():
             if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
                 continue
             fn, z = site["fn"], site["value"]
             if not fn.has_rsample and self.score_sites_allowed:
-                lq, _ = self._local(site, fn.log_prob(z))
+                lq, _ = self._local(site, fn.log_prob(z), plate)
                 log_q_fixed = log_q_fixed + lq
                 log_q_score = log_q_score + lq
                 continue
@@ -213,7 +217,7 @@ class ImportanceWeightedELBO(ELBO):
                 )
             full = fn.log_prob(z)
             if not self._splits_log_q:
-                lq_full, _ = self._local(site, full)  # the plain pathwise gradient: one term
+                lq_full, _ = self._local(site, full, plate)  # the plain pathwise gradient: one term
                 log_q_fixed = log_q_fixed + lq_full
             else:
                 try:
@@ -227,11 +231,11 @@ class ImportanceWeightedELBO(ELBO):
                         "inverse); use --estimator reparam with iwae, miwae or ciwae"
                     ) from None
                 fixed_params = full - at_fixed_z + full.detach()  # value log q, z-path grad
-                lq_fixed, _ = self._local(site, fixed_params)
-                lq_params, _ = self._local(site, at_fixed_z)
+                lq_fixed, _ = self._local(site, fixed_params, plate)
+                lq_params, _ = self._local(site, at_fixed_z, plate)
                 log_q_fixed = log_q_fixed + lq_fixed
                 log_q_params = log_q_params + lq_params
-            data_dim = next(f.dim for f in site["cond_indep_stack"] if f.name == DATA_PLATE)
+            data_dim = next(f.dim for f in site["cond_indep_stack"] if f.name == plate.name)
             latents.append((z, fn.event_dim, data_dim))
         if scale is None:
             raise ConfigError("the model has no sample site; nothing to weight")
