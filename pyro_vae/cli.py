@@ -160,8 +160,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="the encoder's gradient estimator: reparam (pathwise), stl (sticking the "
                    "landing), dreg (doubly reparameterized), or for the ELBO score, score-avg, "
                    "score-nn (REINFORCE without / with a decaying-average / a learned "
-                   "baseline); for a discrete code also vimco (K ≥ 2 samples), relaxed, "
-                   "relaxed-st (Concrete / Gumbel-softmax, straight-through) and enum (exact) "
+                   "baseline); for a discrete code also vimco and rloo (K ≥ 2 samples), arm, "
+                   "disarm, rebar, relax (binary codes), relaxed, relaxed-st (Concrete / "
+                   "Gumbel-softmax, straight-through; biased) and enum (exact) "
                    "(default: reparam; score-nn for a discrete code)")
     i.add_argument("--temperature", type=_float, default=_DEFAULT.temperature,
                    help="starting temperature τ₀ of --estimator relaxed / relaxed-st "

@@ -240,6 +240,15 @@ class Config:
                 or not 0 <= self.temperature_decay < math.inf:
             raise ConfigError(f"--temperature-decay must be a finite number ≥ 0, got "
                               f"{self.temperature_decay!r}; e.g. 1e-4 (0 keeps τ constant)")
+        from pyro_vae.infer.discrete import BINARY_ONLY
+
+        if self.estimator in BINARY_ONLY and self.latent != "bernoulli":
+            raise ConfigError(f"--estimator {self.estimator} is defined for binary codes; use "
+                              "--latent bernoulli, or rloo / vimco / score-avg for a "
+                              f"{self.latent} code")
+        if self.estimator == "rloo" and self.num_particles < 2:
+            raise ConfigError("--estimator rloo needs K ≥ 2 samples per point (each draw's "
+                              "baseline is the others' mean); e.g. --num-particles 4")
         if self.estimator == "vimco" and self.num_particles < 2:
             raise ConfigError("--estimator vimco needs K ≥ 2 samples per point (each draw's "
                               f"baseline is built from the others), got --num-particles "

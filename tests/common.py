@@ -143,3 +143,113 @@ def exact_posterior(vae, x):
     precision = torch.eye(2) + w.T @ w / s2
     cov = torch.linalg.inv(precision)
     return (cov @ w.T @ (x - b).T / s2).T, cov
+
+
+# --------------------------------------------------------------------------- forked runs
+#: What a ``pyro-vae`` run or an example script imports: the fork server imports it once per test
+#: process (2–3 s of CPU that a new interpreter spends before its first line of work).
+FORK_PRELOAD = ["torch", "pyro", "matplotlib", "matplotlib.pyplot", "sklearn.datasets",
+                "pyro_vae", "pyro_vae.cli", "pyro_vae.plots"]
+
+
+def fork_context():
+    """A multiprocessing context whose every child is a fresh fork of one clean process (the
+    fork server) that has imported :data:`FORK_PRELOAD` and run nothing else: a new process with
+    its own pid, signals, Pyro param store, random state and torch settings, as a new
+    interpreter has, without the imports. The server starts with this process's environment."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(FORK_PRELOAD)
+    return context
+
+
+def _forked_main(kind: str, target: str, argv: list[str], out: str, err: str) -> None:
+    """In the child: ``python -m target *argv`` (kind "module") or ``python target *argv``
+    (kind "script", its folder first on sys.path), stdout and stderr into the files ``out`` and
+    ``err``. An exception or ``sys.exit(n)`` sets the exit code, as in a new interpreter."""
+    import os
+    import runpy
+    import sys
+
+    for fd, path in ((1, out), (2, err)):
+        file = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(file, fd)
+        os.close(file)
+    sys.argv = [target, *argv]
+    if kind == "module":
+        runpy.run_module(target, run_name="__main__", alter_sys=True)
+    else:
+        sys.path.insert(0, str(Path(target).parent))
+        runpy.run_path(target, run_name="__main__")
+
+
+class ForkedRun:
+    """A run of ``python -m MODULE ARGV`` (or of a script) in a forked process, with the part of
+    :class:`subprocess.Popen`'s interface the tests use: ``pid``, ``send_signal``, ``wait``,
+    ``communicate`` and ``returncode`` (negative: killed by that signal)."""
+
+    def __init__(self, argv: list[str], logs: Path, module: str = "pyro_vae",
+                 script: Path | None = None) -> None:
+        logs.mkdir(parents=True, exist_ok=True)
+        number = len(list(logs.glob("run*.out")))
+        self._out, self._err = logs / f"run{number}.out", logs / f"run{number}.err"
+        kind, target = ("script", str(script)) if script is not None else ("module", module)
+        self._proc = fork_context().Process(
+            target=_forked_main, args=(kind, target, list(argv), str(self._out), str(self._err)))
+        self._proc.start()
+        self.pid = self._proc.pid
+        self._out.touch()  # numbers the next run's files
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.exitcode
+
+    def send_signal(self, signum: int) -> None:
+        """As Popen's: nothing once the process has ended."""
+        import contextlib
+        import os
+
+        if self._proc.exitcode is None:
+            with contextlib.suppress(ProcessLookupError):  # ended (and reaped) just now
+                os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        import signal
+
+        if self._proc.exitcode is None:
+            self.send_signal(signal.SIGKILL)
+        self._proc.join()
+
+    def wait(self, timeout: float | None = None) -> int:
+        import subprocess
+
+        self._proc.join(timeout)
+        if self._proc.exitcode is None:
+            raise subprocess.TimeoutExpired(self._proc.name, timeout)
+        return self._proc.exitcode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        self.wait(timeout)
+        return self.stdout, self.stderr
+
+    @property
+    def stdout(self) -> str:
+        return self._out.read_text() if self._out.exists() else ""
+
+    @property
+    def stderr(self) -> str:
+        return self._err.read_text() if self._err.exists() else ""
+
+
+def forked_run(argv: list[str], logs: Path, timeout: float = 300, **kwargs) -> ForkedRun:
+    """:class:`ForkedRun` to its end (``subprocess.run``'s use): killed past ``timeout``."""
+    import subprocess
+
+    run = ForkedRun(argv, logs, **kwargs)
+    try:
+        run.wait(timeout)
+    except subprocess.TimeoutExpired:
+        run.kill()
+        raise
+    return run

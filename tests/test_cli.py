@@ -160,20 +160,29 @@ def test_argparse_rejects_unknown_options_with_exit_2(capsys):
         assert "error:" in err and len(err.strip().splitlines()) == 1
 
 
-def test_resume_with_another_configuration_is_refused(digits_run, capsys):
+def copy_of(run, tmp_path):
+    """A copy of the shared run for a test that trains on: the others see it as trained."""
+    import shutil
+
+    return shutil.copytree(run, tmp_path / "run")
+
+
+def test_resume_with_another_configuration_is_refused(digits_run, tmp_path, capsys):
     code = main(["train", "--epochs", "4", "--latent-dim", "3", "--resume", "--out",
-                 str(digits_run), *FAST])
+                 str(copy_of(digits_run, tmp_path)), *FAST])
     err = capsys.readouterr().err
     assert code == 2 and "another configuration" in err and "latent_dim" in err
 
 
-def test_training_again_into_a_finished_run_is_refused(digits_run, capsys):
-    assert main(["train", "--epochs", "3", "--out", str(digits_run), *FAST]) == 2
+def test_training_again_into_a_finished_run_is_refused(digits_run, tmp_path, capsys):
+    assert main(["train", "--epochs", "3", "--out", str(copy_of(digits_run, tmp_path)),
+                 *FAST]) == 2
     assert "--resume" in capsys.readouterr().err
 
 
-def test_resume_continues_a_run(digits_run):
-    assert main(["train", "--epochs", "4", "--resume", "--out", str(digits_run), "--no-figures",
+def test_resume_continues_a_run(digits_run, tmp_path):
+    run = copy_of(digits_run, tmp_path)
+    assert main(["train", "--epochs", "4", "--resume", "--out", str(run), "--no-figures",
                  *FAST]) == 0
-    metrics = json.loads((digits_run / "metrics.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]

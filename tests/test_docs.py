@@ -46,7 +46,8 @@ def test_user_guide_model_page_runs_and_does_what_it_says(tmp_path, monkeypatch)
     assert (tmp_path / "runs" / "readme.pt").exists()
     elbo, log_px = ns["elbo"], ns["log_px"]
     assert math.isfinite(elbo.mean) and float(log_px.mean()) > elbo.mean - 0.5
-    assert (ns["gap"].amortization_gap >= 0).all()
+    gap = ns["gap"].summary()["amortization_gap"]  # measured: positive beyond its noise
+    assert gap["mean"] > 2 * gap["stderr"]
     assert ns["snr"].groups["encoder"].mean_norm > 0
 
 

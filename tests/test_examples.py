@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.common import forked_run
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 EXAMPLES = sorted(p for p in EXAMPLES_DIR.glob("*.py") if not p.name.startswith("_"))
@@ -14,17 +17,21 @@ EXAMPLES = sorted(p for p in EXAMPLES_DIR.glob("*.py") if not p.name.startswith(
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.stem)
 def test_example_smoke(script, tmp_path):
-    proc = subprocess.run([sys.executable, str(script), "--smoke", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert any(tmp_path.iterdir()), "the example wrote nothing"
+    """``python examples/NAME.py --smoke --out DIR`` in a new process, forked from one that has
+    imported the libraries (tests.common.ForkedRun): most smoke runs are mostly imports."""
+    out = tmp_path / "out"
+    out.mkdir()
+    try:
+        run = forked_run(["--smoke", "--out", str(out)], tmp_path / "logs", script=script)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{script.name} ran past 300 s")
+    assert run.returncode == 0, (run.stdout + run.stderr)[-2000:]
+    assert any(out.iterdir()), "the example wrote nothing"
 
 
 def test_images_example_trains_the_celeba_model_on_generated_files(tmp_path, monkeypatch):
     """The CelebA branch (64×64 conv VAE with batch norm) through torchvision's real CelebA
     loader, on a few generated JPEGs; run in-process so the MD5 check can be bypassed."""
-    import runpy
-
     import torchvision
 
     from tests.common import make_celeba_files

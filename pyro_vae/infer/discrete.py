@@ -57,7 +57,10 @@ from pyro_vae.errors import ConfigError, check_count
 from pyro_vae.infer.estimators import svi_objective
 from pyro_vae.infer.importance import ImportanceWeightedELBO
 
-DISCRETE_ESTIMATORS = ("score", "score-avg", "score-nn", "vimco", "relaxed", "relaxed-st", "enum")
+DISCRETE_ESTIMATORS = ("score", "score-avg", "score-nn", "vimco", "relaxed", "relaxed-st", "enum",
+                       "arm", "disarm", "rloo", "rebar", "relax")
+#: the estimators of :mod:`pyro_vae.infer.binary` that are defined for binary codes only
+BINARY_ONLY = ("arm", "disarm", "rebar", "relax")
 RELAXED = ("relaxed", "relaxed-st")
 
 
@@ -161,6 +164,12 @@ class DiscreteObjective:
                                                   baseline_offset=baseline_offset, guide=guide)
         elif estimator == "vimco":
             self.guide, self.elbo = base_guide, VIMCO_ELBO(num_particles)
+        elif estimator in ("arm", "disarm", "rloo", "rebar", "relax"):
+            from pyro_vae.infer.binary import BINARY_ESTIMATORS
+
+            options = {"num_particles": num_particles} if estimator == "rloo" else {}
+            self.guide = base_guide
+            self.elbo = BINARY_ESTIMATORS[estimator](max_plate_nesting=1, **options)
         elif estimator == "enum":
             if num_particles != 1:
                 raise ConfigError("the enum estimator is exact: it takes no samples; drop "
@@ -226,3 +235,60 @@ def exact_objective(vae: Any, x: torch.Tensor, y: torch.Tensor | None = None,
     lw, lq = log_w[index], log_q[index]  # (S^K, K, B)
     bound = torch.logsumexp(lw, 1) - math.log(K)
     return (lq.sum(1).exp() * bound).sum(0)
+
+
+#: the most joint states :func:`discrete_posterior` enumerates (12 binary units)
+MAX_STATES = 2 ** 12
+
+
+def discrete_posterior(vae: Any, x: torch.Tensor, y: torch.Tensor | None = None
+                       ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The exact posterior p(s | x_n) of a model whose local latents are all discrete, by
+    enumerating their joint states: ``(states, log_probs)`` with ``states[site]`` of shape
+    ``(S, *site event shape)`` (the same S states for every point) and ``log_probs`` of shape
+    ``(S, B)``, normalized over the states per point. The MAP state of point n is state
+    ``log_probs[:, n].argmax()``; a posterior draw, a categorical draw over ``log_probs[:, n]``.
+
+    What ``pyro.infer.infer_discrete`` computes, for the codes it cannot take: Pyro 1.9's
+    ``infer_discrete`` packs enumerated values without event dims, so a site whose event shape is
+    a vector of units (``DiscreteVAE``'s code) fails inside it with "Invalid tensor shape".
+    Each site's states come from its prior's ``enumerate_support`` (a prior whose support does
+    not depend on the other latents); at most :data:`MAX_STATES` joint states.
+    """
+    from pyro import poutine
+    from pyro.poutine.util import site_is_subsample
+
+    from pyro_vae.infer.problem import ModelError, describe
+
+    model = vae.model if hasattr(vae, "model") else vae
+    problem = describe(model, None, x, y)
+    with torch.no_grad(), poutine.block():
+        tr = poutine.trace(model).get_trace(*problem.args(x, y))
+    supports = []
+    for site in problem.latents:
+        fn = tr.nodes[site.name]["fn"]
+        if not site.is_discrete or not fn.has_enumerate_support:
+            raise ModelError(f"the exact discrete posterior enumerates every latent; site "
+                             f"{site.name!r} has no finite support to enumerate (a continuous "
+                             "site, or discrete units made .to_event: use "
+                             "pyro_vae.distributions.discrete.bernoulli_code for those)")
+        supports.append(fn.enumerate_support(expand=False))
+    total = math.prod(s.shape[0] for s in supports)
+    if total > MAX_STATES:
+        raise ConfigError(f"the latents have {total:,} joint states, more than {MAX_STATES:,} "
+                          "to enumerate; use fewer units or an estimator's posterior samples")
+    grids = torch.meshgrid(*[torch.arange(s.shape[0], device=x.device) for s in supports],
+                           indexing="ij")
+    states, values = {}, {}
+    for site, support, grid in zip(problem.latents, supports, grids, strict=True):
+        value = support[grid.reshape(-1)].reshape(total, *site.event_shape)
+        states[site.name] = value  # the same S states for every point
+        values[site.name] = value.reshape(total, *(1,) * problem.max_plate_nesting,
+                                          *site.event_shape)
+    with torch.no_grad(), problem.particle_plate(total):
+        joint = poutine.trace(poutine.condition(model, data=values)).get_trace(
+            *problem.args(x, y))
+    log_p = sum(problem.per_point(s, s["fn"].log_prob(s["value"]), total)
+                for s in joint.nodes.values() if s["type"] == "sample"
+                and not site_is_subsample(s))
+    return states, log_p - torch.logsumexp(log_p, 0, keepdim=True)

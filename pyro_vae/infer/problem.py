@@ -45,7 +45,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyro
@@ -116,7 +116,7 @@ def call_args(model: Callable[..., Any], guide: Callable[..., Any], x: torch.Ten
     """The positional arguments with which both ``model`` and ``guide`` are called (Pyro calls
     them with the same ones): as many as the model takes; the guide must take them too."""
     args = Signature.of(model).args(x, y, indices, beta, "the model")
-    if Signature.of(guide).arity < len(args):
+    if guide is not None and Signature.of(guide).arity < len(args):
         raise ModelError(f"the guide takes fewer arguments than the model ({len(args)}); give "
                          "both the same signature, as pyro.infer.SVI calls them alike")
     return args
@@ -237,6 +237,20 @@ class Problem:
             site = next(s for s in self.latents if s.name == name)
             self._transforms[name] = biject_to(site.support)
         return self._transforms[name]
+
+    def resized(self, batch: int) -> Problem:
+        """The same problem on a batch of ``batch`` points (the data plate's size and every
+        latent's value shape changed along the data dim)."""
+        if batch == self.plate.size:
+            return self
+        full = self.plate.full_size if self.plate.full_size != self.plate.size else batch
+        latents = []
+        for s in self.latents:
+            shape = list(s.value_shape)
+            shape[len(shape) - s.event_dim + s.data_dim] = batch
+            latents.append(replace(s, value_shape=torch.Size(shape)))
+        return replace(self, plate=replace(self.plate, size=batch, full_size=full),
+                       latents=tuple(latents), _transforms=self._transforms)
 
     # ------------------------------------------------------------------ traces
     def particle_plate(self, num: int) -> pyro.plate:
@@ -407,19 +421,24 @@ def data_plate(model_tr: poutine.Trace, batch: int | None = None,
     return DataPlate(frame.name, frame.dim, frame.size, frame.full_size or frame.size)
 
 
-def describe(model: Callable[..., Any], guide: Callable[..., Any], x: torch.Tensor,
+def describe(model: Callable[..., Any], guide: Callable[..., Any] | None, x: torch.Tensor,
              y: torch.Tensor | None = None, indices: torch.Tensor | None = None) -> Problem:
     """Trace ``guide`` on the batch ``x`` (labels ``y``), replay ``model`` on it, and describe
-    the pair (module docstring). The random state is left as it was and no graph is built."""
+    the pair (module docstring); with ``guide=None``, the model alone (its latent sites drawn
+    from its prior), for tools that bring their own guide. The random state is left as it was
+    and no graph is built."""
     if not isinstance(x, torch.Tensor):
         raise ConfigError(f"x must be a torch.Tensor batch, got {type(x).__name__}; convert it "
                           "with torch.as_tensor(x, dtype=torch.float32)")
     args = call_args(model, guide, x, y, indices)
     devices = [x.device] if x.device.type == "cuda" else []
-    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+    # blocked: a description made inside another program's trace (a guide's first call) stays
+    # out of that trace
+    with torch.no_grad(), torch.random.fork_rng(devices=devices), poutine.block():
         try:
-            guide_tr = poutine.trace(guide).get_trace(*args)
-            model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args)
+            guide_tr = poutine.trace(guide or model).get_trace(*args)
+            model_tr = guide_tr if guide is None else \
+                poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args)
         except PyroVAEError:
             raise
         except (RuntimeError, ValueError, TypeError, KeyError, IndexError,

@@ -30,6 +30,7 @@ The amortization gap report built on these fits is :mod:`pyro_vae.lab.gap`.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -40,46 +41,88 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from torch.distributions import constraints, kl_divergence
+from torch.distributions import constraints
 
 from pyro_vae.distributions.guides import GuideFamily, draw
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer.compiled import AdamUpdate, CompiledProgram, NotCompilableError
 from pyro_vae.infer.elbo import make_elbo
-from pyro_vae.models.discrete_vae import require_gaussian
+from pyro_vae.infer.evaluation import problem_of
+from pyro_vae.infer.problem import ModelError, Problem, Signature, call_args, describe
 from pyro_vae.models.vae import VAE, evaluating, frozen, kl_scale
 from pyro_vae.nn.module import module_of
-from pyro_vae.resources import points_per_chunk
-from pyro_vae.sites import LATENT_SITE
+from pyro_vae.resources import CHUNK_ELEMENTS, points_per_chunk
 
 
 class LocalGuide:
-    """q_λ(z_n) = N(μ_n, diag σ_n²) with one (μ_n, σ_n) per data point (see module docstring)."""
+    """q_λ(z_n) with one (μ_n, σ_n) per data point for every local latent site of the model
+    (module docstring): site s of point n is N(μ_{n,s}, diag σ_{n,s}²), its slice of the
+    (N, D) params ``"<prefix>_loc"`` / ``"<prefix>_scale"``, inside the model's data plate.
 
-    def __init__(self, vae: VAE, num_data: int, prefix: str = "local",
+    The sites and the plate are read off a trace of the model (:func:`describe` with no guide)
+    at the first call; each site must be real-valued with the data plate as its only batch dim
+    (a hierarchy of Gaussian sites qualifies), else :class:`ModelError`. The guide takes the
+    model's arguments; ``indices`` (the plate's subsample) picks the rows of λ, and without
+    them the batch must be the whole data set.
+    """
+
+    def __init__(self, vae: Any, num_data: int, prefix: str = "local",
                  init_loc: torch.Tensor | None = None,
                  init_scale: torch.Tensor | None = None) -> None:
         self.vae = vae
+        self.model = vae.model if hasattr(vae, "model") else vae
         self.num_data = int(num_data)
+        if self.num_data < 1:
+            raise ConfigError(f"num_data must be an integer ≥ 1, got {num_data!r}; give the "
+                              "size of the data set")
         self.loc_name, self.scale_name = f"{prefix}_loc", f"{prefix}_scale"
-        device = next(vae.decoder.parameters()).device
-        shape = (self.num_data, vae.latent_dim)
-        self._init_loc = init_loc if init_loc is not None else torch.zeros(shape, device=device)
-        self._init_scale = init_scale if init_scale is not None else \
-            torch.ones(shape, device=device)
+        self._init_loc, self._init_scale = init_loc, init_scale
+        self.problem: Problem | None = None
+
+    def _describe(self, x, y, indices) -> Problem:
+        problem = describe(self.model, None, x, y, indices)
+        for site in problem.latents:
+            real = site.support in (constraints.real, constraints.real_vector) or (
+                isinstance(site.support, constraints.independent)
+                and site.support.base_constraint is constraints.real)
+            if not real or len(site.value_shape) - site.event_dim != 1:
+                raise ModelError(f"vEM's local guide gives site {site.name!r} a per-point "
+                                 "Gaussian: it needs a real-valued site whose only batch dim is "
+                                 f"the data plate {problem.plate.name!r}")
+        return problem
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None,
               indices: torch.Tensor | None = None, beta: float | torch.Tensor = 1.0) -> Any:
-        batch = self.vae.batch_size(x, y)
-        with self.vae.data_plate(batch, indices, observed=True):
-            loc = pyro.param(self.loc_name, lambda: self._init_loc.clone(), event_dim=1)
-            scale = pyro.param(self.scale_name, lambda: self._init_scale.clone(),
+        if self.problem is None:
+            self.problem = self._describe(x, y, indices)
+        problem = self.problem
+        plate, n = problem.plate, self.num_data
+        if indices is None and x.shape[0] != n:
+            raise ModelError(f"a batch of {x.shape[0]} of {n} points needs its subsample "
+                             "indices; call with indices (the model's plate subsample), or "
+                             "fit the whole data set at once")
+        shape = (n, problem.dim)
+        loc0 = self._init_loc if self._init_loc is not None else torch.zeros(shape)
+        scale0 = self._init_scale if self._init_scale is not None else torch.ones(shape)
+        with pyro.plate(plate.name, n, subsample=indices, dim=plate.dim):
+            loc = pyro.param(self.loc_name, lambda: loc0.clone().to(x.device), event_dim=1)
+            scale = pyro.param(self.scale_name, lambda: scale0.clone().to(x.device),
                                constraint=constraints.positive, event_dim=1)
+            start, out = 0, None
             with kl_scale(beta):
-                return pyro.sample(LATENT_SITE, dist.Normal(loc, scale).to_event(1))
+                for site in problem.latents:
+                    k = site.numel
+                    q = dist.Normal(loc[..., start:start + k], scale[..., start:start + k])
+                    q = q.to_event(1)
+                    if site.event_dim != 1 or tuple(site.event_shape) != (k,):
+                        q = dist.TransformedDistribution(
+                            q, [dist.transforms.ReshapeTransform((k,), site.event_shape)])
+                    out = pyro.sample(site.name, q)
+                    start += k
+            return out
 
     def unconstrained(self) -> list[torch.Tensor]:
-        """The leaf tensors the E-step optimizes: μ and log σ, each (N, L)."""
+        """The leaf tensors the E-step optimizes: μ and log σ, each (N, D)."""
         store = pyro.get_param_store()
         return [store[self.loc_name].unconstrained(), store[self.scale_name].unconstrained()]
 
@@ -140,7 +183,8 @@ class VariationalEM:
     def __post_init__(self) -> None:
         if self.mode not in ("alternating", "joint"):
             raise ConfigError(f"unknown vEM mode {self.mode!r}; use alternating or joint")
-        self.vae.num_data = self.num_data
+        if hasattr(self.vae, "num_data"):  # the library's models scale their plate to N
+            self.vae.num_data = self.num_data
         self.local = LocalGuide(self.vae, self.num_data)
         self.elbo = make_elbo("meanfield" if self.kl == "analytic" else "trace",
                               self.num_particles)
@@ -151,18 +195,26 @@ class VariationalEM:
         self._compile_failure: str | None = None
 
     def _loss(self, x, y, idx) -> torch.Tensor:
-        return self.elbo.differentiable_loss(self._model, self._guide, x, y, idx)
+        if Signature.of(self._model).arity < 3 and x.shape[0] == self.num_data:
+            idx = None  # a model without subsampling, fitted on the whole data set
+        args = call_args(self._model, self._guide, x, y, idx)
+        return self.elbo.differentiable_loss(self._model, self._guide, *args)
 
     def _setup(self, x, y, idx) -> None:
         self._loss(x, y, idx)  # creates the params
         self._e_optim = RowAdam(self.local.unconstrained(), self.e_lr)
-        # θ: every tensor of the model but the encoder's (the decoder, a learned σ), and any
-        # other param of the store that is neither the model's nor the local λ
-        theta = [p for n, p in self.vae.named_parameters() if not n.startswith("encoder.")]
-        held = {id(p) for p in self.vae.parameters()} | {id(t) for t in self.local.unconstrained()}
-        theta += [t for _, t in pyro.get_param_store().named_parameters() if id(t) not in held]
-        self._theta = theta
-        self._m_optim = torch.optim.Adam(theta, lr=self.m_lr)
+        # θ: every param the model's trace reads (the decoder, a learned σ): found by tracing
+        # it, so a user's model of any structure gives its own parameters
+        with poutine.trace(param_only=True) as capture:
+            self._loss(x, y, idx)
+        store = pyro.get_param_store()
+        lam = {id(t) for t in self.local.unconstrained()}
+        theta = [store[n].unconstrained() for n in capture.trace.nodes if n in store]
+        self._theta = [t for t in dict.fromkeys(theta) if id(t) not in lam]
+        if not self._theta:
+            raise ModelError("vEM's M-step found no parameter in the model; register its "
+                             "networks with pyro.module or its parameters with pyro.param")
+        self._m_optim = torch.optim.Adam(self._theta, lr=self.m_lr)
 
     def step(self, x: torch.Tensor, y: torch.Tensor | None, idx: torch.Tensor) -> float:
         """One mini-batch of vEM; returns the batch loss (-ELBO scaled to the data set)."""
@@ -262,39 +314,51 @@ def gaussian_elbo(
     vae: VAE, x: torch.Tensor, y: torch.Tensor | None, loc: torch.Tensor,
     scale: torch.Tensor, eps: torch.Tensor,
 ) -> torch.Tensor:
-    """Per-point ELBO of q = N(loc, diag scale²) with the draws z = loc + scale·eps, eps of shape
-    (S, N, L): E_q[log p(x|z)] by the S draws, KL(q ‖ p) in closed form."""
-    z = loc + scale * eps
-    recon = vae.observation_distribution(z, y).log_prob(x).mean(0)
-    q = dist.Normal(loc, scale).to_event(1)
-    return recon - kl_divergence(q, vae.prior(x.shape[0], x.device))
+    """Per-point ELBO of q = N(loc, diag scale²) on the unconstrained vector of all local
+    latents, with the draws u = loc + scale·eps, eps of shape (S, N, D) (:func:`local_elbo`)."""
+    return local_elbo(vae, x, y, None, {"loc": loc, "log_scale": scale.log()}, eps)
 
 
 def local_elbo(
-    vae: VAE, x: torch.Tensor, y: torch.Tensor | None, family: GuideFamily | None,
-    params: dict[str, torch.Tensor], eps: torch.Tensor,
+    vae: Any, x: torch.Tensor, y: torch.Tensor | None, family: GuideFamily | None,
+    params: dict[str, torch.Tensor], eps: torch.Tensor, problem: Problem | None = None,
 ) -> torch.Tensor:
-    """Per-point ELBO of the member of ``family`` (default: the diagonal Gaussian) given by the
-    per-point ``params``, on the standard-normal draws ``eps`` (S, N, L) pushed through it
-    (:func:`~pyro_vae.distributions.guides.draw`): the diagonal Gaussian keeps its closed-form
-    KL (:func:`gaussian_elbo`); every other family is E_q[log p(x, z) − log q(z)] by the draws."""
+    """Per-point ELBO of the per-point member of ``family`` given by ``params``, on the
+    standard-normal draws ``eps`` (S, N, D) pushed through it (common random numbers).
+
+    ``family=None`` is the factorized Gaussian q(u) = N(μ, diag σ²) over the unconstrained
+    vector u of *all* the point's local latents (:meth:`~pyro_vae.infer.problem.Problem.
+    log_joint`): ELBO = E_q[log p(x, T(u)) + log |det J|] + H[q], the entropy
+    H = Σ_d log σ_d + D/2 · log(2πe) in closed form and the expectation by the S draws. Any other
+    family (:meth:`~pyro_vae.distributions.guides.GuideFamily.local_posterior`, the library
+    VAE's full-covariance and flow families over its one real-valued site) is
+    E_q[log p(x, z) − log q(z)] by the draws."""
+    problem = (problem or model_problem(vae, x, y)).resized(x.shape[0])
     if family is None or family.is_diagonal:
-        return gaussian_elbo(vae, x, y, params["loc"], params["log_scale"].exp(), eps)
+        loc, log_scale = params["loc"], params["log_scale"]
+        u = loc + log_scale.exp() * eps
+        entropy = log_scale.sum(-1) + 0.5 * loc.shape[-1] * (1 + math.log(2 * math.pi))
+        return problem.log_joint(x, y, u).mean(0) + entropy
     z, log_q = draw(family.local_posterior(params), eps)
-    log_joint = vae.observation_distribution(z, y).log_prob(x) + vae.prior(
-        x.shape[0], x.device).log_prob(z)
-    return (log_joint - log_q).mean(0)
+    return (problem.log_joint(x, y, z) - log_q).mean(0)
 
 
-def chunked_local_elbo(vae: VAE, x: torch.Tensor, y: torch.Tensor | None,
+def chunked_local_elbo(vae: Any, x: torch.Tensor, y: torch.Tensor | None,
                        family: GuideFamily | None, params: dict[str, torch.Tensor],
-                       eps: torch.Tensor) -> torch.Tensor:
-    """:func:`local_elbo` over chunks of points, so that S draws × N points × the decoder's
+                       eps: torch.Tensor, problem: Problem | None = None) -> torch.Tensor:
+    """:func:`local_elbo` over chunks of points, so that S draws × N points × the model's
     activations stay within :data:`~pyro_vae.resources.CHUNK_ELEMENTS`."""
-    size = points_per_chunk(vae, eps.shape[0])
+    size = _chunk(vae, eps.shape[0])
+    problem = problem or model_problem(vae, x[:size], None if y is None else y[:size])
     return torch.cat([local_elbo(vae, x[i:i + size], None if y is None else y[i:i + size],
                                  family, {k: v[i:i + size] for k, v in params.items()},
-                                 eps[:, i:i + size]) for i in range(0, x.shape[0], size)])
+                                 eps[:, i:i + size], problem)
+                      for i in range(0, x.shape[0], size)])
+
+
+def _chunk(vae: Any, draws: int) -> int:
+    return points_per_chunk(vae, draws) if isinstance(vae, torch.nn.Module) else \
+        max(1, CHUNK_ELEMENTS // (draws * 1024))
 
 
 @dataclass
@@ -326,22 +390,41 @@ class LocalFit:
         return self.family.local_posterior(self.params)
 
 
-def guide_moments(vae: VAE, guide: Any, x: torch.Tensor, y: torch.Tensor | None = None,
-                  num_samples: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard deviation per point of ``num_samples`` draws of z from any ``guide``
-    (the diagonal Gaussian that matches its first two moments), each ``(B, L)``."""
-    with evaluating(vae, *filter(None, [module_of(guide)])), \
-            pyro.plate("moment_particles", num_samples, dim=-2):
-        z = poutine.trace(guide).get_trace(x, y).nodes[LATENT_SITE]["value"]
-    z = z.expand(num_samples, x.shape[0], vae.latent_dim)
-    return z.mean(0), z.std(0).clamp_min(1e-4)
+def guide_moments(vae: Any, guide: Any, x: torch.Tensor, y: torch.Tensor | None = None,
+                  num_samples: int = 256, problem: Problem | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation per point of ``num_samples`` draws of all local latents from
+    ``guide`` (default ``vae.guide``), mapped to the unconstrained vector u: the factorized
+    Gaussian in u that matches the guide's first two moments, each ``(B, D)``."""
+    guide = vae.guide if guide is None else guide
+    problem = problem or problem_of(vae, x, y, guide)
+    with evaluating(*_modules(vae, guide)):
+        u = problem.unconstrain(problem.guide_draws(x, y, num_samples, guide), num_samples)
+    return u.mean(0), u.std(0).clamp_min(1e-4)
 
 
-def check_draws(vae: VAE, x: torch.Tensor, seed: int, samples: int = 256) -> torch.Tensor:
-    """The fixed standard-normal draws (samples, N, L) :func:`fit_local` scores the N points of
-    ``x`` on, from ``seed``."""
+def _modules(vae: Any, guide: Any) -> list[torch.nn.Module]:
+    return [m for m in (vae, module_of(guide)) if isinstance(m, torch.nn.Module)]
+
+
+def check_draws(problem: Any, x: torch.Tensor, seed: int, samples: int = 256) -> torch.Tensor:
+    """The fixed standard-normal draws (samples, N, D) :func:`fit_local` scores the N points of
+    ``x`` on, from ``seed`` (``problem`` a :class:`~pyro_vae.infer.problem.Problem`, or a model
+    described on ``x``)."""
+    dim = problem.dim if isinstance(problem, Problem) else model_problem(problem, x[:1]).dim
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.randn(samples, x.shape[0], vae.latent_dim, generator=gen).to(x.device)
+    return torch.randn(samples, x.shape[0], dim, generator=gen).to(x.device)
+
+
+def model_problem(vae: Any, x: torch.Tensor, y: torch.Tensor | None = None) -> Problem:
+    """The model of ``vae`` described alone on ``x`` (its local latents, plate and observations:
+    what a per-point fit needs; no guide is run)."""
+    return describe(vae.model if hasattr(vae, "model") else vae, None, x, y)
+
+
+def labels(vae: Any, y: torch.Tensor | None) -> torch.Tensor | None:
+    """``y`` where the model takes labels (a conditional model), else ``None``."""
+    return y if getattr(vae, "conditional", True) else None
 
 
 def fit_local(
@@ -378,7 +461,6 @@ def fit_local(
     ``init="zero"`` starts from the prior (μ = 0, σ = 1, a Gaussian family's correlations 0).
     ``record_steps`` > 0 also records the fixed-draw ELBO after each of the first steps.
     """
-    require_gaussian(vae, "per-point Gaussian fits (vEM)")
     if init not in ("encoder", "zero"):
         raise ConfigError(f"unknown init {init!r}; use encoder or zero")
     if family is not None and family.is_diagonal:
@@ -391,23 +473,23 @@ def fit_local(
                           "family=, not both; drop one")
     if not 0 < lr_decay < 1:
         raise ConfigError(f"lr_decay must lie in (0, 1), got {lr_decay}; e.g. 0.5")
-    yy = y if vae.conditional else None
-    eps_check = check_draws(vae, x, seed, check_samples)
-    with evaluating(vae):
-        if init == "encoder" and guide is not None:
-            loc0, scale0 = guide_moments(vae, guide, x, yy)
-        elif init == "encoder":
+    yy = labels(vae, y)
+    problem = model_problem(vae, x, yy)
+    problem.require_continuous("per-point fits (vEM, the gap report)")
+    eps_check = check_draws(problem, x, seed, check_samples)
+    with evaluating(*_modules(vae, guide)):
+        if family is not None:  # the library VAE's own family, from its encoder
             loc0, scale0 = vae.encode(x, yy)
-        else:
-            loc0 = torch.zeros(x.shape[0], vae.latent_dim, device=x.device)
-            scale0 = torch.ones_like(loc0)
-        if family is None:
-            params0 = {"loc": loc0.detach(), "log_scale": scale0.detach().log()}
-        else:
             params0 = family.local_parameters(loc0, scale0, x, vae._onehot(yy, x.shape[0]))
             if init == "zero":
                 params0 = {k: torch.zeros_like(v) for k, v in params0.items()}
-        start_elbo = chunked_local_elbo(vae, x, yy, family, params0, eps_check).detach()
+        elif init == "encoder":
+            loc0, scale0 = guide_moments(vae, guide, x, yy, problem=problem)
+            params0 = {"loc": loc0.detach(), "log_scale": scale0.detach().log()}
+        else:
+            loc0 = torch.zeros(x.shape[0], problem.dim, device=x.device)
+            params0 = {"loc": loc0, "log_scale": torch.zeros_like(loc0)}
+        start_elbo = chunked_local_elbo(vae, x, yy, family, params0, eps_check, problem).detach()
     n = x.shape[0]
     # every point runs its own schedule: `active` holds the points still being fitted, and
     # their parameters, Adam moments and learning rates are kept compacted to those rows
@@ -423,7 +505,7 @@ def fit_local(
     curve = [float(current.mean())]
     step = 0
     b1, b2, adam_eps = 0.9, 0.999, 1e-8
-    with frozen(vae):
+    with frozen(*_modules(vae, guide)):
         while active.numel():
             x_act = x[active]
             y_act = None if yy is None else yy[active]
@@ -432,8 +514,8 @@ def fit_local(
             taken = 0
             for _ in range(check_every):
                 leaves = {k: v.requires_grad_(True) for k, v in live.items()}
-                eps = torch.randn(num_samples, active.numel(), vae.latent_dim, device=x.device)
-                loss = -local_elbo(vae, x_act, y_act, family, leaves, eps).sum()
+                eps = torch.randn(num_samples, active.numel(), problem.dim, device=x.device)
+                loss = -local_elbo(vae, x_act, y_act, family, leaves, eps, problem).sum()
                 grads = torch.autograd.grad(loss, list(leaves.values()))
                 step += 1
                 taken += 1
@@ -450,7 +532,7 @@ def fit_local(
                     with torch.no_grad():
                         value = current.clone()
                         value[active] = chunked_local_elbo(vae, x_act, y_act, family, live,
-                                                           eps_check[:, active])
+                                                           eps_check[:, active], problem)
                     curve.append(float(value.mean()))
                 if step >= max_steps:
                     break
@@ -460,7 +542,7 @@ def fit_local(
             live = {k: v / taken for k, v in total.items()}
             with torch.no_grad():
                 current[active] = chunked_local_elbo(vae, x_act, y_act, family, live,
-                                                     eps_check[:, active])
+                                                     eps_check[:, active], problem)
             point_steps[active] = step
             better = current[active] > best[active] + tol
             best[active] = torch.where(better, current[active], best[active])
@@ -476,10 +558,7 @@ def fit_local(
                 active = active[keep]
                 live = {k: v[keep].detach() for k, v in live.items()}
                 moments = {k: (m[keep], v[keep]) for k, (m, v) in moments.items()}
-    # the final iterate (a decayed step sits at the optimum, where a best-of-checks choice
-    # would chase the check draws' noise), or the start where that was better on the checks
-    keep = current >= start_elbo
-    fitted = {k: torch.where(keep.view(-1, *[1] * (v.dim() - 1)), v, params0[k])
-              for k, v in params.items()}
-    return LocalFit(fitted, torch.maximum(current, start_elbo), start_elbo, curve, step, family,
-                    point_steps)
+    # the final iterate: a decayed step sits at the optimum, where a best-of-checks choice would
+    # chase the check draws' noise. It is reported as measured, also where it ends below the
+    # start (a fit that failed to improve says so instead of being replaced by its start).
+    return LocalFit(params, current, start_elbo, curve, step, family, point_steps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,3 +43,18 @@ def write_results(out: str | Path, title: str, header: Sequence[str],
     path.write_text(text)
     print(text)
     return path
+
+
+def pm(value: float, se: float, unit: str = "", digits: int = 4) -> str:
+    """``value ± se`` (``digits`` significant digits for the value, 2 for the error), the
+    value alone where the error is not finite."""
+    if se is None or not math.isfinite(se):
+        return f"{value:.{digits}g}{unit}"
+    return f"{value:.{digits}g} ± {se:.2g}{unit}"
+
+
+def interval(value: float, low: float, high: float, digits: int = 3) -> str:
+    """``value [low, high]``, the value alone where the interval is not finite."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return f"{value:.{digits}g}"
+    return f"{value:.{digits}g} [{low:.{digits}g}, {high:.{digits}g}]"

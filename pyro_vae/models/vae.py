@@ -211,7 +211,8 @@ class VAE(nn.Module):
             if self.num_data is None:
                 raise DataError("mini-batch indices need the full data size; set VAE.num_data = N")
             return pyro.plate(DATA_PLATE, size=self.num_data, subsample=indices)
-        size = self.num_data if (observed and self.num_data) else batch
+        # a batch larger than the training set (a test set) is its own data set
+        size = max(self.num_data, batch) if (observed and self.num_data) else batch
         return pyro.plate(DATA_PLATE, size=size, subsample_size=batch)
 
     def batch_size(self, x: torch.Tensor | None, y: torch.Tensor | None,

@@ -101,7 +101,8 @@ def test_gap_report_and_variance_lab_take_a_user_guide():
     x = data.x_test[:12]
     report = amortization_gap(vae, x, iw_samples=32, eval_samples=16, refine_steps=3,
                               max_steps=40, guide=guide.guide)
-    assert (report.amortization_gap >= 0).all() and torch.isfinite(report.log_px).all()
+    assert report.family == "ffg"  # a user guide's own family cannot be fitted per point
+    assert torch.isfinite(report.amortization_gap).all() and torch.isfinite(report.log_px).all()
     for estimator in ("reparam", "stl", "score"):
         result = measure_estimator(vae, x, None, estimator, repeats=4, implementation="pyro",
                                    guide=guide.guide, warmup=0)

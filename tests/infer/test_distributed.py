@@ -3,32 +3,44 @@ model/guide, end in sync, and match a single-process run's ELBO within noise."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from pyro_vae import ConfigError, load_run
 from pyro_vae.config import Config
+from tests.common import forked_run
 
-pytest.importorskip("lightning")
+# find_spec, not importorskip: importing Lightning costs every test process 5 s at collection
+if importlib.util.find_spec("lightning") is None:
+    pytest.skip("needs lightning", allow_module_level=True)
 
 COMMON = ["--dataset", "digits", "--max-train", "512", "--max-test", "256", "--hidden", "64",
           "--latent-dim", "2", "--likelihood", "gaussian-learned", "--epochs", "30",
           "--batch-size", "32", "--lr", "3e-3", "--no-progress", "--no-figures"]
 
 
-def train(out, *extra: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "pyro_vae", "train", *COMMON, "--out",
-                           str(out), *extra], capture_output=True, text=True, timeout=600)
+def train(out, *extra: str, forked: bool = False) -> None:
+    """``python -m pyro_vae train`` in a new interpreter (Lightning's DDP launcher starts its
+    second worker by running that command line again), or, ``forked``, in a new process forked
+    from one that has imported the library (tests.common.ForkedRun: no 3 s of imports)."""
+    argv = ["train", *COMMON, "--out", str(out), *extra]
+    if forked:
+        proc = forked_run(argv, Path(f"{out}.logs"), timeout=600)
+    else:
+        proc = subprocess.run([sys.executable, "-m", "pyro_vae", *argv], capture_output=True,
+                              text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_two_ddp_workers_stay_in_sync_and_match_a_single_process_run(tmp_path):
     # 2 workers × 16 points per step against 1 × 32: the same expected step, as many steps
     train(tmp_path / "ddp", "--strategy", "ddp", "--devices", "2", "--batch-size", "16")
-    train(tmp_path / "single")
+    train(tmp_path / "single", forked=True)
     summary = json.loads((tmp_path / "ddp" / "distributed.json").read_text())
     assert summary["workers"] == 2
     # every network weight and the learned σ (a pyro.param, all-reduced by hand) agree

@@ -117,9 +117,11 @@ def test_amortization_gap_on_a_trained_vae(tmp_path):
     vae, x = result.trainer.vae, result.trainer.data.x_test
     report = amortization_gap(vae, x, iw_samples=500, eval_samples=200, refine_steps=10,
                               max_steps=300)
-    assert bool((report.elbo_q_star >= report.elbo_q).all())  # L[q*] ≥ L[q] for every point
     s = report.summary()
-    assert s["amortization_gap"]["mean"] > 0
+    # measured, not clamped: the mean gap is positive beyond its standard error (per point the
+    # Monte Carlo error of L[q] can put a few points below 0)
+    assert s["amortization_gap"]["mean"] > 3 * s["amortization_gap"]["stderr"]
+    assert s["fraction_q_star_above_q"] > 0.8
     # log p(x) ≥ L[q*] up to the IWAE estimate's own noise
     assert s["approximation_gap"]["mean"] > -3 * s["approximation_gap"]["stderr"] - 0.05
     assert len(s["refinement_curve"]) == 11

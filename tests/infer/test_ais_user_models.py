@@ -1,0 +1,254 @@
+"""AIS, BDMC and NUTS on users' own models (the zoo of ``tests/zoo.py`` and a model with a
+positive latent), against exact references: log p(x) in closed form, the exact posterior.
+
+Every number is seeded. The tolerances are statistical and stated where they are set; each
+assertion was checked to fail under a mutation of the code (dropping the log |det J| of the
+unconstrained map, which the positive latent of :func:`scale_mixture` needs; annealing only the
+first latent site; the delta-method standard error).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyro_vae import ModelGuide
+from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.infer.ais import ais_log_likelihood, bdmc
+from pyro_vae.infer.mcmc import nuts_posterior, nuts_samples
+from tests.zoo import make_case
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_and_a_clean_store():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pyro.clear_param_store()
+    yield
+    torch.set_num_threads(threads)
+    pyro.clear_param_store()
+
+
+def zoo(name: str, guide_init: str = "near"):
+    case = make_case(name, guide_init=guide_init)
+    return case, ModelGuide(case.model, case.guide)
+
+
+# --------------------------------------------------------------------------- a positive latent
+SHAPE, RATE, DIM = 3.0, 2.0, 4
+
+
+def scale_mixture(num_points: int = 8, seed: int = 0):
+    """x | λ ~ N(μ, I/λ), λ ~ Gamma(a, b) per point (a Student-t marginal): a positive latent,
+    so its unconstrained map has a log |det J| ≠ 0. Exact: log p(x) and λ | x ~ Gamma(a + D/2,
+    b + ‖x − μ‖²/2). Returns (ModelGuide, x, exact log p(x), posterior shape, posterior rate)."""
+    gen = torch.Generator().manual_seed(seed)
+    mu = torch.randn(DIM, generator=gen)
+
+    def model(x):
+        with pyro.plate("points", x.shape[0]):
+            lam = pyro.sample("precision", dist.Gamma(x.new_full((x.shape[0],), SHAPE), RATE))
+            pyro.sample("x", dist.Normal(mu, lam.rsqrt().unsqueeze(-1)).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("points", x.shape[0]):
+            pyro.sample("precision", dist.LogNormal(x.new_zeros(x.shape[0]), 0.5))
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        lam = torch.distributions.Gamma(SHAPE, RATE).sample((num_points,))
+    x = mu + torch.randn(num_points, DIM, generator=gen) * lam.rsqrt().unsqueeze(-1)
+    half = 0.5 * ((x - mu) ** 2).sum(-1).double()
+    post_shape, post_rate = SHAPE + DIM / 2, RATE + half
+    log_px = (SHAPE * math.log(RATE) - math.lgamma(SHAPE) - DIM / 2 * math.log(2 * math.pi)
+              + math.lgamma(post_shape) - post_shape * torch.log(post_rate))
+    return ModelGuide(model, guide), x, log_px, post_shape, post_rate
+
+
+# --------------------------------------------------------------------------- AIS
+@pytest.mark.parametrize("name", ["hierarchy_topdown", "hierarchy_bottomup", "code_site",
+                                  "pyro_example_vae", "labelled"])
+def test_ais_from_the_prior_reaches_the_exact_log_likelihood_of_user_models(name):
+    """Within 0.3 nats at every point (the issue's bar) over all latent sites — z1 and z2 of the
+    hierarchies at once: a run that annealed only one of them would miss the other's prior to
+    posterior contraction (1 to 4 nats here)."""
+    case, vae = zoo(name)
+    pyro.set_rng_seed(0)
+    result = ais_log_likelihood(vae, case.x, case.y, num_steps=400, num_chains=16)
+    error = result.log_px.double() - case.exact_log_px(case.x, case.y)
+    assert float(error.abs().max()) < 0.3, error
+    assert 0.4 < result.acceptance < 0.95
+
+
+def test_ais_with_the_users_guide_as_proposal_and_a_flow_guide():
+    """The guide as p_0 needs its density at any u: a flow guide gives it (by inverting the
+    flow); the run is then short."""
+    case, vae = zoo("flow_guide")
+    pyro.set_rng_seed(0)
+    result = ais_log_likelihood(vae, case.x, num_steps=60, num_chains=16, proposal="guide")
+    error = result.log_px.double() - case.exact_log_px(case.x)
+    assert float(error.abs().max()) < 0.3, error
+
+
+def test_ais_on_a_positive_latent_needs_the_log_jacobian():
+    """λ > 0 is annealed as log λ: the target is p(x, e^u) e^u. Dropping the e^u (the log
+    |det J|) moves the estimate by several nats; with it, the error is below 0.3."""
+    vae, x, exact, _, _ = scale_mixture()
+    pyro.set_rng_seed(0)
+    result = ais_log_likelihood(vae, x, num_steps=300, num_chains=16)
+    error = result.log_px.double() - exact
+    assert float(error.abs().max()) < 0.3, error
+
+
+def test_guide_proposal_with_an_auxiliary_guide_is_refused_and_the_prior_works():
+    case, vae = zoo("autonormal")
+    with pytest.raises(ConfigError, match="auxiliary"):
+        ais_log_likelihood(vae, case.x, num_steps=5, num_chains=2, proposal="guide")
+    pyro.set_rng_seed(0)
+    result = ais_log_likelihood(vae, case.x, num_steps=300, num_chains=16)
+    assert float((result.log_px.double() - case.exact_log_px(case.x)).abs().max()) < 0.3
+
+
+# --------------------------------------------------------------------------- standard error
+def _repeat(vae, x, num_steps, num_chains, repeats):
+    runs = []
+    for r in range(repeats):
+        pyro.set_rng_seed(100 + r)
+        runs.append(ais_log_likelihood(vae, x, num_steps=num_steps, num_chains=num_chains))
+    log_px = torch.stack([r.log_px for r in runs]).double()
+    stderr = torch.stack([r.stderr for r in runs]).double()
+    delta = torch.stack([r.stderr_delta for r in runs]).double()
+    return log_px, stderr, delta
+
+
+@pytest.mark.parametrize("num_steps", [10, 100])
+def test_the_reported_standard_error_matches_the_spread_of_repeated_runs(num_steps):
+    """40 seeded repeats of AIS with 16 chains on a linear-Gaussian model: the spread of the
+    estimates across repeats is the true error. The reported standard error (its root mean
+    square over the repeats, where it is reported) is within a factor 1.5 of that spread at
+    every point where it is reported — or it is NaN (refused). The delta method over the
+    chains, the former error, is shown too small by more than 1.5 at T = 10 (0.75 vs 1.70 in
+    the issue): this test fails on it."""
+    case, vae = zoo("pyro_example_vae")
+    repeats = 40
+    log_px, stderr, delta = _repeat(vae, case.x, num_steps, 16, repeats)
+    spread = log_px.std(0)
+    reported = torch.isfinite(stderr)
+    assert bool(reported.any(0).all()) if num_steps == 100 else True
+    rms = torch.sqrt(torch.where(reported, stderr ** 2, 0.0).sum(0)
+                     / reported.sum(0).clamp(min=1))
+    shown = reported.float().mean(0) > 0.5  # points with a standard error in most repeats
+    ratio = rms[shown] / spread[shown]
+    # the spread of 40 repeats is itself known to about ±15 % (heavier tails than normal)
+    assert bool(((ratio > 1 / 1.5) & (ratio < 1.5)).all()), ratio
+    if num_steps == 10:
+        delta_ratio = delta.pow(2).mean(0).sqrt() / spread
+        assert float(delta_ratio.min()) < 1 / 1.5, delta_ratio
+
+
+# --------------------------------------------------------------------------- BDMC
+@pytest.mark.parametrize("name", ["hierarchy_topdown", "pyro_example_vae"])
+def test_bdmc_sandwiches_the_exact_log_likelihood_of_simulated_data(name):
+    """(z*, x) simulated from the model (all latent sites; the observed site unconditioned on
+    a template batch); forward AIS from the prior is a lower bound, reverse AIS from z* an
+    upper bound, each in expectation: the mean over the points of each lies on its side of the
+    exact mean log p(x) up to 0.1 nats of Monte Carlo noise, and the sandwich is narrow."""
+    case, vae = zoo(name)
+    pyro.set_rng_seed(0)
+    sandwich = bdmc(vae, x=case.x, num_steps=300, num_chains=8)
+    exact = case.exact_log_px(sandwich.x).float()
+    assert sandwich.x.shape == case.x.shape and not torch.equal(sandwich.x, case.x)
+    assert set(sandwich.latents) == set(case.latent_sites)
+    assert float(sandwich.lower.mean()) <= float(exact.mean()) + 0.1
+    assert float(sandwich.upper.mean()) >= float(exact.mean()) - 0.1
+    assert -0.1 < float(sandwich.width.mean()) < 0.3
+    assert float((sandwich.lower - exact).abs().max()) < 0.3
+
+
+def test_bdmc_on_a_positive_latent():
+    vae, x, _, _, _ = scale_mixture()
+    pyro.set_rng_seed(0)
+    sandwich = bdmc(vae, x=x, num_steps=300, num_chains=8)
+    assert sandwich.z.shape == (8,) and bool((sandwich.z > 0).all())
+    assert -0.1 < float(sandwich.width.mean()) < 0.3
+
+
+def test_bdmc_of_a_user_model_needs_a_template_batch():
+    case, vae = zoo("pyro_example_vae")
+    with pytest.raises(ConfigError, match="template"):
+        bdmc(vae, num_points=4, num_steps=5, num_chains=2)
+
+
+# --------------------------------------------------------------------------- NUTS
+def _whitened(samples: dict[str, torch.Tensor], posterior, sites) -> torch.Tensor:
+    """Draws of the concatenated sites mapped by the exact posterior to N(0, I): (S, B, d)."""
+    flat = torch.cat([samples[k].reshape(*samples[k].shape[:2], -1).double() for k in sites],
+                     -1)
+    chol = torch.linalg.cholesky(posterior.cov)
+    return torch.linalg.solve_triangular(chol, (flat - posterior.mean).unsqueeze(-1),
+                                         upper=False).squeeze(-1)
+
+
+def test_nuts_returns_every_site_of_a_hierarchy_with_the_exact_posterior_moments():
+    """NUTS over (z2, z1) of 4 points: the draws whitened by the exact posterior are N(0, I).
+    Pooled over points and coordinates (20 of them), the mean of the whitened draws is within
+    0.15 of 0 (about 4 standard errors at an effective sample size of 150 per coordinate,
+    with the NUTS chains' autocorrelation) and the whitened covariance, averaged over the
+    points, within 0.3 of the identity entrywise. Annealing or sampling only one site, or a
+    wrong posterior covariance between z1 and z2, fails this."""
+    case, vae = zoo("hierarchy_topdown")
+    x = case.x[:4]
+    samples = nuts_samples(vae, x, num_samples=300, warmup_steps=200, seed=0)
+    assert set(samples) == {"z1", "z2"}
+    assert samples["z2"].shape == (300, 4, 2) and samples["z1"].shape == (300, 4, 3)
+    e = _whitened(samples, case.exact_posterior(x), ("z2", "z1"))
+    assert float(e.mean(0).abs().max()) < 0.3
+    assert float(e.mean((0, 1)).abs().max()) < 0.15
+    cov = torch.einsum("sbi,sbj->bij", e - e.mean(0), e - e.mean(0)).mean(0) / (e.shape[0] - 1)
+    assert float((cov - torch.eye(5, dtype=cov.dtype)).abs().max()) < 0.3, cov
+    multi = nuts_posterior(vae, x, num_samples=5, warmup_steps=5, seed=0)
+    assert isinstance(multi, dict) and set(multi) == {"z1", "z2"}
+
+
+def test_nuts_on_a_positive_latent_samples_its_exact_gamma_posterior():
+    """λ | x ~ Gamma(a + D/2, b + ‖x − μ‖²/2): the draws stay positive and their mean over the
+    draws, standardized by the exact posterior's sd, averages to 0 within 0.15 over 8 points
+    (the mutation without log |det J| samples Gamma(a + D/2 − 1, ·), 0.45 sd lower); their
+    variance is within 30 % of the exact one, pooled. The single site comes back as a tensor
+    (S, B), as nuts_posterior always returned it."""
+    vae, x, _, shape, rate = scale_mixture()
+    draws = nuts_posterior(vae, x, num_samples=400, warmup_steps=200, seed=0)
+    assert isinstance(draws, torch.Tensor) and draws.shape == (400, 8)
+    assert bool((draws > 0).all())
+    mean, sd = shape / rate, math.sqrt(shape) / rate
+    z = (draws.double() - mean) / sd
+    assert abs(float(z.mean())) < 0.15, z.mean(0)
+    assert 0.7 < float(z.var(0).mean()) < 1.3
+
+
+def test_nuts_leaves_the_parameters_trainable_and_the_rng_untouched():
+    case, vae = zoo("code_site")
+    state = torch.get_rng_state()
+    draws = nuts_posterior(vae, case.x[:2], num_samples=5, warmup_steps=5, seed=0)
+    assert draws.shape == (5, 2, 3)
+    assert torch.equal(state, torch.get_rng_state())
+    assert all(p.requires_grad for m in case.modules.values() for p in m.parameters())
+    assert all(p.requires_grad for _, p in pyro.get_param_store().named_parameters())
+
+
+# --------------------------------------------------------------------------- refusals
+@pytest.mark.parametrize("name,match", [("mixture_discrete_continuous", "discrete"),
+                                        ("global_latent", "global"),
+                                        ("no_plate", "plate")])
+def test_models_the_tools_cannot_take_are_refused_in_one_line(name, match):
+    case, vae = zoo(name)
+    for call in (lambda: ais_log_likelihood(vae, case.x, case.y, num_steps=3, num_chains=2),
+                 lambda: bdmc(vae, x=case.x, y=case.y, num_steps=3, num_chains=2),
+                 lambda: nuts_samples(vae, case.x, case.y, num_samples=2, warmup_steps=2)):
+        with pytest.raises(PyroVAEError, match=match) as info:
+            call()
+        assert "\n" not in str(info.value)
