@@ -31,6 +31,7 @@ from pyro_vae.errors import (
     CheckpointError,
     ConfigError,
     DataError,
+    ModelError,
     PyroVAEError,
     TrainingDivergedError,
 )
@@ -44,6 +45,7 @@ from pyro_vae.infer.evaluation import (
 )
 from pyro_vae.infer.mcmc import nuts_posterior
 from pyro_vae.infer.predictive import posterior_predictive, prior_predictive
+from pyro_vae.infer.problem import Problem, describe
 from pyro_vae.infer.trainer import ModelGuide, Trainer
 from pyro_vae.models.builder import build_vae
 from pyro_vae.models.vae import VAE, evaluating, kl_scale
@@ -71,13 +73,16 @@ __all__ = [
     "Likelihood",
     "MLPDecoder",
     "MLPEncoder",
+    "ModelError",
     "ModelGuide",
+    "Problem",
     "PyroVAEError",
     "Trainer",
     "TrainingDivergedError",
     "binarize",
     "build_vae",
     "circle_log_density",
+    "describe",
     "elbo_terms",
     "evaluate_elbo",
     "evaluating",

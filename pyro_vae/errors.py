@@ -33,6 +33,12 @@ def check_count(name: str, value: object) -> int:
     return value
 
 
+class ModelError(PyroVAEError, ValueError):
+    """A model or guide that a tool cannot use as it is written (no plate over the data, a global
+    latent where a per-point quantity is asked, a guide site the model lacks, ...): the message
+    names the site or plate and what the tool needs."""
+
+
 class DataError(PyroVAEError, ValueError):
     """The data cannot be used: NaN/inf, wrong shape, empty, or outside a likelihood's support."""
 

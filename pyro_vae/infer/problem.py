@@ -52,18 +52,14 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
-from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.errors import ConfigError, ModelError, PyroVAEError
 
 #: The particle plate of every vectorized draw (outside every plate of the program).
 PARTICLE_PLATE = "_pyro_vae_particles"
-
-
-class ModelError(PyroVAEError, ValueError):
-    """A model or guide that a tool cannot use as it is written: the message names the site or
-    plate and what the tool needs."""
 
 
 # --------------------------------------------------------------------------- calling
@@ -108,6 +104,51 @@ class Signature:
             raise ModelError(f"{who} takes no KL weight beta; write fn(x, y=None, indices=None, "
                              "beta=1.0) and scale its latent sites by beta, or train with beta 1")
         return full[:self.arity]
+
+
+class LatentScale(Messenger):
+    """Scales the log-density of every *unobserved* sample site by ``weight`` (β ≥ 0): in model
+    and guide alike, the ELBO becomes E_q[log p(x|z)] − β·KL(q ‖ p) — a β-VAE or a KL
+    warm-up for any model, whatever its latent sites are named."""
+
+    def __init__(self, weight: float | torch.Tensor) -> None:
+        super().__init__()
+        self.weight = weight
+
+    def _process_message(self, msg: dict[str, Any]) -> None:
+        if msg["type"] == "sample" and not msg["is_observed"] and not site_is_subsample(msg):
+            msg["scale"] = self.weight * msg["scale"]
+
+
+class ProtocolProgram:
+    """A user's model or guide called with the library's arguments ``(x, y, indices, beta)``:
+    it receives those its signature takes (:class:`Signature`); a β ≠ 1 that it cannot take is
+    applied by :class:`LatentScale`, and subsample indices it cannot take are dropped (its
+    plate then covers the batch as it is, unscaled). Wrapping a program of the protocol
+    returns it unchanged."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.signature = Signature.of(fn)
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+        self.__doc__ = getattr(fn, "__doc__", None)
+
+    @classmethod
+    def of(cls, fn: Callable[..., Any]) -> Callable[..., Any]:
+        if isinstance(fn, ProtocolProgram) or Signature.of(fn).arity >= 4:
+            return fn
+        return cls(fn)
+
+    def __call__(self, x: Any = None, y: Any = None, indices: Any = None,
+                 beta: float | torch.Tensor = 1.0, **kwargs: Any) -> Any:
+        arity = self.signature.arity
+        args = Signature(arity).args(x, y, None, 1.0, "the model or guide")
+        if arity >= 3:
+            args = (x, y, indices)
+        if isinstance(beta, (int, float)) and beta == 1.0:
+            return self.fn(*args, **kwargs)
+        with LatentScale(beta):
+            return self.fn(*args, **kwargs)
 
 
 def call_args(model: Callable[..., Any], guide: Callable[..., Any], x: torch.Tensor | None,
@@ -499,4 +540,8 @@ def program_of(vae: Any, guide: Callable[..., Any] | None = None
         raise ConfigError(f"expected an object with .model and .guide (a pyro_vae model or "
                           f"ModelGuide(model, guide)), got {type(vae).__name__}; wrap your "
                           "functions with pyro_vae.ModelGuide(model, guide)")
-    return vae.model, (vae.guide if guide is None else guide)
+    if guide is None:
+        return vae.model, vae.guide
+    if Signature.of(vae.model).arity >= 4:  # a guide of its own, called as the model is
+        guide = ProtocolProgram.of(guide)
+    return vae.model, guide

@@ -64,6 +64,7 @@ from pyro_vae.infer.estimators import SCORE_FAMILY, mean_integrand, svi_objectiv
 from pyro_vae.infer.evaluation import evaluate_elbo
 from pyro_vae.infer.importance import ImportanceWeightedELBO
 from pyro_vae.infer.optim import build_optimizer
+from pyro_vae.infer.problem import ProtocolProgram, describe
 from pyro_vae.models.builder import build_vae
 from pyro_vae.models.discrete_vae import DiscreteVAE
 from pyro_vae.models.vae import VAE, evaluating
@@ -147,12 +148,18 @@ def epoch_metrics(vae: Any, data: DataSet, x_train: torch.Tensor,
 class ModelGuide(nn.Module):
     """A user's ``model`` and ``guide`` functions as the object the trainer and the evaluation
     tools take (``.model``, ``.guide``, ``.conditional``). Modules the functions use should be
-    passed as ``modules`` so that train/eval mode, devices and checkpoints reach them."""
+    passed as ``modules`` so that train/eval mode, devices and checkpoints reach them.
+
+    The functions keep the signature they have — ``fn(x)`` as in Pyro's examples, ``fn(x, y)``,
+    or the library's ``fn(x, y, indices, beta)`` — and are called through
+    :class:`~pyro_vae.infer.problem.ProtocolProgram`, which passes what each takes.
+    """
 
     def __init__(self, model: Callable[..., Any], guide: Callable[..., Any],
                  conditional: bool = False, modules: dict[str, nn.Module] | None = None):
         super().__init__()
-        self.model, self.guide, self.conditional = model, guide, conditional
+        self.model, self.guide = ProtocolProgram.of(model), ProtocolProgram.of(guide)
+        self.conditional = conditional
         self.nets = nn.ModuleDict(modules or {})
 
 
@@ -256,6 +263,7 @@ class Trainer:
         self.checkpoint_epoch: int | None = None
         self.global_step = 0
         self.history: list[dict[str, Any]] = []
+        self._plate_sizes: dict[int, int] = {}  # batch size → the data plate's full size
         self._x_eval_train, self._y_eval_train = train_eval_subset(config, self.data)
 
     @classmethod
@@ -512,8 +520,10 @@ class Trainer:
                 skipped += 1
                 loss = float("nan")
             else:
-                # the loss estimates -(objective summed over all N points): per point, loss / N
-                total += loss / n * x.shape[0]
+                # the loss estimates -(objective summed over the data plate's full size, N for
+                # a subsampled plate, the batch for a model whose plate is the batch): per
+                # point, loss / full size
+                total += loss / self._plate_size(x, y_step, idx) * x.shape[0]
                 points += x.shape[0]
             self.global_step += 1
         metrics = self._end_epoch(total, points, skipped, time.perf_counter() - start)
@@ -528,6 +538,15 @@ class Trainer:
             metrics["obs_scale"] = float(pyro.param(OBS_SCALE_PARAM).detach())
         self.history.append(metrics)
         return metrics
+
+    def _plate_size(self, x: torch.Tensor, y: torch.Tensor | None, idx: torch.Tensor) -> int:
+        """The full size of the model's data plate for a batch of this size (read off a trace
+        once per batch size: N for the library's subsampled plate, B for a plate over the
+        batch as it is)."""
+        if x.shape[0] not in self._plate_sizes:
+            plate = describe(self.vae.model, None, x, y, idx).plate
+            self._plate_sizes[x.shape[0]] = plate.full_size
+        return self._plate_sizes[x.shape[0]]
 
     def _end_epoch(self, total: float, points: int, skipped: int, seconds: float
                    ) -> dict[str, Any]:

@@ -124,8 +124,8 @@ class GapReport:
             "amortization_gap": stat(self.amortization_gap),
             "approximation_gap_ffg": stat(self.log_px - self.elbo_q_star_ffg),
             "fraction_q_star_above_q": float((self.elbo_q_star >= self.elbo_q).float().mean()),
-            "elbo_q_mc_stderr_mean": float(self.stderrs["elbo_q"].mean())
-            if "elbo_q" in self.stderrs else None,
+            "mc_stderr_mean": {k: float(self.stderrs[k].mean()) for k in
+                               ("elbo_q", "elbo_q_star", "log_px") if k in self.stderrs},
             "points_with_elbo_above_log_px": int(self.flagged.sum()),
             "refinement_curve": self.refinement_curve,
             "fit_steps": self.fit_steps,
@@ -202,7 +202,8 @@ def amortization_gap(
     t = time.perf_counter()
     with evaluating(*_modules(vae, guide)):
         e_q, e_q_se = _guide_elbo(vae, guide, x, yy, eval_samples)
-        e_star = chunked_local_elbo(vae, x, yy, own, q_star.params, eps)
+        e_star, e_star_se = chunked_local_elbo(vae, x, yy, own, q_star.params, eps,
+                                               return_stderr=True)
         e_ffg = e_star if own is None else chunked_local_elbo(vae, x, yy, None, ffg.params, eps)
     seconds["elbo"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -235,6 +236,7 @@ def amortization_gap(
     stderrs = {k: h[1][1] for k, h in halves.items()}
     stderrs["log_px"] = log_px_se
     stderrs["elbo_q"] = e_q_se
+    stderrs["elbo_q_star"] = e_star_se
     return GapReport(family_name, log_px, e_q, e_star, e_ffg, estimates, refine.curve, seconds,
                      stderrs, chosen, steps, prior_start)
 
@@ -348,10 +350,12 @@ def gap_table(summary: dict[str, Any]) -> str:
     family = summary["family"]
     rows = [("log p̂(x) (best estimate per point)", summary["log_px"])]
     rows += [(f"  {ESTIMATE_LABELS[k]}", v) for k, v in summary["estimates"].items()]
-    rows += [(f"L[q*] (best {family} q per point)", summary["elbo_q_star"])]
+    best = "factorized Gaussian (FFG) over all latents" if family == "ffg" else family
+    rows += [(f"L[q*] (best {best} q per point)", summary["elbo_q_star"])]
     if family not in ("diag", "ffg"):
         rows += [("L[q*_FFG] (best factorized Gaussian per point)", summary["elbo_q_star_ffg"])]
-    rows += [(f"L[q] (amortized {family} guide)", summary["elbo_q"]),
+    rows += [("L[q] (the amortized guide)" if family == "ffg" else
+              f"L[q] (amortized {family} guide)", summary["elbo_q"]),
              ("approximation gap log p(x) − L[q*]", summary["approximation_gap"]),
              ("amortization gap L[q*] − L[q]", summary["amortization_gap"])]
     lines = [f"{summary['num_points']} points; nats per point (± standard error)", "",
@@ -360,10 +364,11 @@ def gap_table(summary: dict[str, Any]) -> str:
     chosen = summary.get("estimate_chosen_points") or {}
     if chosen:
         errors = summary["estimate_stderr_mean"]
+        used = "; ".join(f"{ESTIMATE_LABELS[k]} at {n} point(s) (mean se {errors[k]:.3f})"
+                         for k, n in chosen.items() if n)
         lines += ["", "log p̂(x) per point is the estimate with the highest value − 2 standard "
-                  "errors on one half of its draws, reported from the other, independent half: " + "; ".join(f"{ESTIMATE_LABELS[k]} at {n} point(s) (mean se "
-                                         f"{errors[k]:.3f})" for k, n in chosen.items() if n)
-                  + "."]
+                  "errors on one half of its draws, reported from the other, independent half: "
+                  + used + "."]
     flagged = summary.get("points_with_elbo_above_log_px", 0)
     if flagged:
         lines += ["", f"{flagged} point(s) have L[q*] above log p̂(x), which the truth cannot "

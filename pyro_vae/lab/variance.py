@@ -86,7 +86,7 @@ from pyro.poutine.messenger import Messenger
 from torch import nn
 from torch.distributions import constraints
 
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, check_count
 from pyro_vae.infer.binary import (
     BINARY_ESTIMATORS,
     REINFORCE_ELBO,
@@ -589,7 +589,6 @@ class _Setup:
     learned: list[torch.Tensor] = field(default_factory=list)
     optim: torch.optim.Optimizer | None = None
     cleanup: Callable[[], None] = lambda: None
-    explicit_state: Any = None
 
 
 def _learned_step(loss: torch.Tensor, learned: list[torch.Tensor],
@@ -636,11 +635,21 @@ def pyro_setup(problem: Problem, x: torch.Tensor, y: torch.Tensor | None, estima
     def loss(objective: Any = elbo) -> torch.Tensor:
         return objective.differentiable_loss(model, guide, *args) / batch
 
+    def cleanup() -> None:
+        """Remove what the measurement added to the param store (control variates, decaying
+        averages)."""
+        for n in [n for n in store if n not in before]:
+            del store[n]
+
     learned: list[torch.Tensor] = []
     if nn_baseline is not None:
         learned = list(nn_baseline.parameters())
     elif estimator in ("rebar", "relax"):
-        loss()  # registers η, λ (and RELAX's network) in the param store
+        try:
+            loss()  # registers η, λ (and RELAX's network) in the param store
+        except BaseException:
+            cleanup()
+            raise
         learned = [p for n, p in store.named_parameters() if n not in before and p.requires_grad]
     optim = torch.optim.Adam(learned, lr=LEARNED_LR) if learned else None
     avg = kind == "avg" or estimator == "reinforce"
@@ -651,10 +660,6 @@ def pyro_setup(problem: Problem, x: torch.Tensor, y: torch.Tensor | None, estima
                 loss()
         else:
             _learned_step(loss(warm_elbo), learned, optim)
-
-    def cleanup() -> None:
-        for n in [n for n in store if n not in before]:
-            del store[n]
 
     steps = warmup if learned else (min(warmup, AVG_WARMUP) if avg else 0)
     return _Setup(loss, warm_up, steps, evaluations_per_estimate(estimator, num_samples, elbo),
@@ -680,7 +685,7 @@ def explicit_setup(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, estimator:
                                state)
 
     steps = {"nn": warmup, "avg": min(warmup, AVG_WARMUP)}.get(kind or "", 0)
-    return _Setup(loss, warm_up, steps, num_samples, explicit_state=state)
+    return _Setup(loss, warm_up, steps, num_samples)
 
 
 def sample_gradients(setup: _Setup, groups: dict[str, list[torch.Tensor]], repeats: int,
@@ -738,6 +743,7 @@ def measure_estimator(
         "encoder" group.
     """
     check_lab_estimator(estimator, kl)
+    check_count("num_samples", num_samples)
     check_count_repeats(repeats, 2)
     y = lab_labels(vae, y)
     problem = lab_problem(vae, x, y, guide)

@@ -18,8 +18,9 @@ import torch
 
 from pyro_vae import ModelGuide
 from pyro_vae.errors import ConfigError, PyroVAEError
-from pyro_vae.infer.ais import ais_log_likelihood, bdmc
+from pyro_vae.infer.ais import ais_log_likelihood, bdmc, log_mean_exp_stderr
 from pyro_vae.infer.mcmc import nuts_posterior, nuts_samples
+from tests.common import linear_gaussian_vae
 from tests.zoo import make_case
 
 
@@ -114,40 +115,43 @@ def test_guide_proposal_with_an_auxiliary_guide_is_refused_and_the_prior_works()
 
 
 # --------------------------------------------------------------------------- standard error
-def _repeat(vae, x, num_steps, num_chains, repeats):
-    runs = []
-    for r in range(repeats):
-        pyro.set_rng_seed(100 + r)
-        runs.append(ais_log_likelihood(vae, x, num_steps=num_steps, num_chains=num_chains))
-    log_px = torch.stack([r.log_px for r in runs]).double()
-    stderr = torch.stack([r.stderr for r in runs]).double()
-    delta = torch.stack([r.stderr_delta for r in runs]).double()
-    return log_px, stderr, delta
-
-
 @pytest.mark.parametrize("num_steps", [10, 100])
 def test_the_reported_standard_error_matches_the_spread_of_repeated_runs(num_steps):
-    """40 seeded repeats of AIS with 16 chains on a linear-Gaussian model: the spread of the
-    estimates across repeats is the true error. The reported standard error (its root mean
-    square over the repeats, where it is reported) is within a factor 1.5 of that spread at
-    every point where it is reported — or it is NaN (refused). The delta method over the
-    chains, the former error, is shown too small by more than 1.5 at T = 10 (0.75 vs 1.70 in
-    the issue): this test fails on it."""
-    case, vae = zoo("pyro_example_vae")
-    repeats = 40
-    log_px, stderr, delta = _repeat(vae, case.x, num_steps, 16, repeats)
+    """60 seeded repeats of AIS (16 chains) on the 10 points of the linear-Gaussian model of the
+    issue: the spread of the estimates across the repeats is the true error. Where the
+    reported standard error is finite in at least 3 repeats, its root mean square over them
+    is within a factor 1.5 of that spread; elsewhere it is NaN (refused). At T = 100 it is
+    reported at most points; at T = 10 the former delta-method error is more than 1.5× too
+    small at some point (the issue's 0.75 vs 1.70), so this test fails on it.
+
+    The repeats run as one call on the 10 points tiled 60 times (each point's chains, pilot
+    chains and step sizes are its own, so the copies are independent runs), and the error of
+    each repeat is computed from its 10 points' log-weights as a call on those 10 points
+    computes it; the wiring of ``stderr`` is checked on the call itself."""
+    vae = linear_gaussian_vae()
+    x = torch.randn(10, 3, generator=torch.Generator().manual_seed(0)) * 1.5
+    repeats, chains = 60, 16
+    pyro.set_rng_seed(0)
+    result = ais_log_likelihood(vae, x.repeat(repeats, 1), num_steps=num_steps,
+                                num_chains=chains, batch_size=10 * repeats)
+    assert torch.equal(result.stderr.isnan(), log_mean_exp_stderr(result.log_weights).isnan())
+    log_w = result.log_weights.reshape(chains, repeats, 10)
+    log_px = torch.logsumexp(log_w, 0) - math.log(chains)  # (repeats, 10)
+    stderr = torch.stack([log_mean_exp_stderr(log_w[:, r]) for r in range(repeats)]).double()
     spread = log_px.std(0)
     reported = torch.isfinite(stderr)
-    assert bool(reported.any(0).all()) if num_steps == 100 else True
-    rms = torch.sqrt(torch.where(reported, stderr ** 2, 0.0).sum(0)
-                     / reported.sum(0).clamp(min=1))
-    shown = reported.float().mean(0) > 0.5  # points with a standard error in most repeats
+    count = reported.sum(0)
+    rms = torch.sqrt(torch.where(reported, stderr ** 2, 0.0).sum(0) / count.clamp(min=1))
+    shown = count >= 3
     ratio = rms[shown] / spread[shown]
-    # the spread of 40 repeats is itself known to about ±15 % (heavier tails than normal)
+    # the spread of 60 repeats is itself known to about ±10 % (more with heavy tails)
     assert bool(((ratio > 1 / 1.5) & (ratio < 1.5)).all()), ratio
-    if num_steps == 10:
-        delta_ratio = delta.pow(2).mean(0).sqrt() / spread
-        assert float(delta_ratio.min()) < 1 / 1.5, delta_ratio
+    if num_steps == 100:
+        assert int(shown.sum()) >= 8 and float(reported.float().mean()) > 0.7
+    else:
+        w = torch.softmax(log_w, 0)
+        delta = (chains * w).std(0) / math.sqrt(chains)
+        assert float((delta.pow(2).mean(0).sqrt() / spread).min()) < 1 / 1.5
 
 
 # --------------------------------------------------------------------------- BDMC
