@@ -59,7 +59,7 @@ SLOW = {
     "every_point": 20,
     "tests/test_examples.py::test_example_smoke": 10,
     "tests/models/test_linear_vae_ppca.py::test_linear_vae_elbo_optimum_is_the_exact_ppca_"
-    "likelihood": 18,
+    "likelihood": 8,
     "tests/lab/test_gap.py::test_a_planar_flow_per_point_closes_more_of_the_circles_gap_than_a_"
     "gaussian": 17,
     "tests/infer/test_estimators.py::test_variance_command_on_a_fresh_config": 15,
@@ -84,6 +84,21 @@ SLOW = {
     "tests/infer/test_discrete.py::test_relaxations_are_biased_less_as_the_temperature_falls_and_"
     "noisier": 8,
     "tests/infer/test_training.py::test_learned_obs_scale_is_trained_and_checkpointed": 8,
+    "tests/infer/test_ais_user_models.py::test_the_reported_standard_error_matches_the_spread_"
+    "of_repeated_runs": 60,
+    "tests/infer/test_ais_user_models.py::test_nuts_returns_every_site_of_a_hierarchy_with_the_"
+    "exact_posterior_moments": 55,
+    "tests/infer/test_ais_user_models.py::test_nuts_on_a_positive_latent_samples_its_exact_gamma_"
+    "posterior": 30,
+    "tests/lab/test_variance_user_models.py::test_binary_estimators_in_the_lab_are_unbiased_and_"
+    "priced": 18,
+    "tests/lab/test_variance_user_models.py::test_score_function_on_a_site_named_code_is_the_"
+    "score_function": 18,
+    "tests/lab/test_gap.py::test_each_point_stops_on_its_own_and_the_prior_start_probe": 28,
+    "tests/lab/test_gap.py::test_a_poor_encoder_no_longer_yields_a_negative_approximation_gap": 20,
+    "tests/models/test_vae_module.py::test_nuts_on_z_matches_the_closed_form_posterior_of_a_"
+    "linear_gaussian_model": 20,
+    "tests/test_docs.py::test_readme_example_runs": 25,
 }
 
 #: Modules whose module-scoped fixture (a trained run) several tests share: each runs whole on
@@ -92,8 +107,14 @@ ONE_WORKER = ("tests/test_cli.py", "tests/test_checkpoint.py", "tests/test_hosti
               "tests/test_reliability.py")
 
 
-def _weight(item: pytest.Item) -> float:
+#: Where the last run's durations are kept (pytest's cache folder, absent in a fresh clone).
+DURATIONS_KEY = "pyro_vae/durations"
+
+
+def _weight(item: pytest.Item, measured: dict[str, float]) -> float:
     nodeid = item.nodeid.split("@")[0]
+    if nodeid in measured:
+        return measured[nodeid]
     return SLOW.get(nodeid, SLOW.get(nodeid.split("[")[0], 0.0))
 
 
@@ -101,13 +122,34 @@ def _weight(item: pytest.Item) -> float:
 def pytest_collection_modifyitems(config, items):
     """Runs after pytest-randomly's shuffle (a hook wrapper) and before xdist reads the groups.
     On xdist workers the slow tests move to the front (a stable sort: every other test keeps
-    the shuffled order); a plain ``-p no:xdist`` run keeps the shuffled order as it is."""
+    the shuffled order), by the last run's durations where the cache has them, else by
+    :data:`SLOW`; a run without workers (``-n 0``) keeps the shuffled order as it is."""
     for item in items:
         path = item.nodeid.split("::")[0]
         if path in ONE_WORKER:
             item.add_marker(pytest.mark.xdist_group(path))
     if hasattr(config, "workerinput"):
-        items.sort(key=lambda item: -_weight(item))
+        cache = getattr(config, "cache", None)
+        measured = cache.get(DURATIONS_KEY, {}) if cache is not None else {}
+        items.sort(key=lambda item: -_weight(item, measured))
+
+
+_durations: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    """In the controlling process: each test's time (setup, call and teardown)."""
+    nodeid = report.nodeid.split("@")[0]
+    _durations[nodeid] = _durations.get(nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    config = session.config
+    cache = getattr(config, "cache", None)
+    if cache is None or hasattr(config, "workerinput") or not _durations:
+        return
+    cache.set(DURATIONS_KEY, {**cache.get(DURATIONS_KEY, {}),
+                              **{k: round(v, 2) for k, v in _durations.items()}})
 
 
 def pytest_terminal_summary(terminalreporter, config):

@@ -195,27 +195,23 @@ class _Annealer:
             out = out + p.per_point(site, site_log_prob(site), num)
         return out
 
-    def evaluate(self, u: torch.Tensor, grad: bool = True
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
-                            torch.Tensor | None]:
-        """(log p_0(u), log p(x, u)) per chain and point and, with ``grad``, their gradients
-        with respect to u."""
-        with torch.set_grad_enabled(grad):
-            v = u.detach().requires_grad_(grad)
+    def evaluate(self, u: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log p_0(u), log p(x, u)) per chain and point, and their gradients with respect to
+        u: one run of the model (and of the guide, when it is p_0), two backward passes."""
+        with torch.enable_grad():
+            v = u.detach().requires_grad_(True)
             log_prior, log_lik = self.problem.log_joint(self.x, self.y, v, split=True)
             log_joint = log_prior + log_lik
             log_start = log_prior if self.proposal == "prior" else self._log_guide(v)
-            if not grad:
-                return log_start.detach(), log_joint.detach(), None, None
             (g_start,) = torch.autograd.grad(log_start.sum(), v, retain_graph=True,
                                              allow_unused=True)
+            g_start = torch.zeros_like(v) if g_start is None else g_start
             if self.proposal == "prior":  # log p(x, u) = log p_0(u) + log p(x | u)
                 (g_lik,) = torch.autograd.grad(log_lik.sum(), v, allow_unused=True)
-                g_start = torch.zeros_like(v) if g_start is None else g_start
-                g_joint = g_start + (torch.zeros_like(v) if g_lik is None else g_lik)
+                g_joint = g_start + (0.0 if g_lik is None else g_lik)
             else:
                 (g_joint,) = torch.autograd.grad(log_joint.sum(), v, allow_unused=True)
-                g_start = torch.zeros_like(v) if g_start is None else g_start
                 g_joint = torch.zeros_like(v) if g_joint is None else g_joint
         return log_start.detach(), log_joint.detach(), g_start.detach(), g_joint.detach()
 
@@ -340,8 +336,12 @@ def _labels(vae: Any, y: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def _check_data(x: Any) -> None:
-    if isinstance(x, torch.Tensor) and x.is_floating_point() and not bool(
-            torch.isfinite(x).all()):
+    if not isinstance(x, torch.Tensor) or x.dim() == 0:
+        raise ConfigError(f"x must be a torch.Tensor batch with one row per point, got "
+                          f"{type(x).__name__}; convert it with torch.as_tensor(x)")
+    if x.shape[0] == 0:
+        raise DataError("x is an empty batch; pass at least one data point")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         raise DataError("x contains NaN or infinite values; remove or impute them first")
 
 
@@ -461,7 +461,9 @@ def simulate(vae: Any, x: torch.Tensor | None = None, y: torch.Tensor | None = N
     Returns the simulated data (shaped as ``x``), the latents' values (site → value) and the
     model conditioned on the simulated observation, which AIS then scores."""
     model, _ = program_of(vae)
-    if x is None:
+    if x is not None:
+        _check_data(x)
+    else:
         shape = getattr(vae, "event_shape", None)
         if shape is None:
             raise ConfigError("BDMC needs a template batch for this model: pass x= a batch of "

@@ -493,6 +493,14 @@ def describe(model: Callable[..., Any], guide: Callable[..., Any] | None, x: tor
     model_sites = {s["name"]: s for s in _sample_sites(model_tr)}
     guide_sites = {s["name"]: s for s in _sample_sites(guide_tr) if not s["is_observed"]}
     auxiliary = tuple(n for n, s in guide_sites.items() if s["infer"].get("is_auxiliary"))
+    for name, s in guide_sites.items():
+        if name in model_sites and not any(f.name == plate.name for f in s["cond_indep_stack"]):
+            continue  # a global latent of the model: refused below with the model's site
+        if not any(f.name == plate.name for f in s["cond_indep_stack"]):
+            raise ModelError(f"guide site {name!r} lies outside the data plate {plate.name!r}, so "
+                             "its density is not split per point (AutoDiagonalNormal and other "
+                             "AutoContinuous guides draw one joint vector); for per-point tools "
+                             "use a guide with one site per latent inside the plate (AutoNormal)")
     for name in guide_sites:
         if name not in model_sites and name not in auxiliary:
             raise ModelError(f"guide site {name!r} is not a site of the model; remove it, or mark "

@@ -30,6 +30,7 @@ The amortization gap report built on these fits is :mod:`pyro_vae.lab.gap`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -48,7 +49,14 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.infer.compiled import AdamUpdate, CompiledProgram, NotCompilableError
 from pyro_vae.infer.elbo import make_elbo
 from pyro_vae.infer.evaluation import problem_of
-from pyro_vae.infer.problem import ModelError, Problem, Signature, call_args, describe
+from pyro_vae.infer.problem import (
+    ModelError,
+    Problem,
+    Signature,
+    call_args,
+    describe,
+    program_of,
+)
 from pyro_vae.models.vae import VAE, evaluating, frozen, kl_scale
 from pyro_vae.nn.module import module_of
 from pyro_vae.resources import CHUNK_ELEMENTS, points_per_chunk
@@ -222,7 +230,7 @@ class VariationalEM:
             self._setup(x, y, idx)
             return self._eager_step(x, y, idx)
         # later steps meet tensors of the same kind: no re-validation (as the trainer does)
-        with pyro.validation_enabled(False), self.vae.trusted_inputs():
+        with pyro.validation_enabled(False), trusted_inputs(self.vae):
             if self.compile and y is None and self._compile_failure is None:
                 try:
                     return self._compiled_step(x, idx)
@@ -413,7 +421,7 @@ def guide_moments(vae: Any, guide: Any, x: torch.Tensor, y: torch.Tensor | None 
     """Mean and standard deviation per point of ``num_samples`` draws of all local latents from
     ``guide`` (default ``vae.guide``), mapped to the unconstrained vector u: the factorized
     Gaussian in u that matches the guide's first two moments, each ``(B, D)``."""
-    guide = vae.guide if guide is None else guide
+    guide = program_of(vae, guide)[1]
     problem = problem or problem_of(vae, x, y, guide)
     with evaluating(*_modules(vae, guide)):
         u = problem.unconstrain(problem.guide_draws(x, y, num_samples, guide), num_samples)
@@ -437,6 +445,12 @@ def model_problem(vae: Any, x: torch.Tensor, y: torch.Tensor | None = None) -> P
     """The model of ``vae`` described alone on ``x`` (its local latents, plate and observations:
     what a per-point fit needs; no guide is run)."""
     return describe(vae.model if hasattr(vae, "model") else vae, None, x, y)
+
+
+def trusted_inputs(vae: Any):
+    """The library model's :meth:`~pyro_vae.models.vae.VAE.trusted_inputs` (argument checks
+    off for data validated once), or nothing for a user's model."""
+    return vae.trusted_inputs() if hasattr(vae, "trusted_inputs") else contextlib.nullcontext()
 
 
 def labels(vae: Any, y: torch.Tensor | None) -> torch.Tensor | None:

@@ -47,8 +47,8 @@ def scale_mixture(num_points: int = 8, seed: int = 0):
     """x | λ ~ N(μ, I/λ), λ ~ Gamma(a, b) per point (a Student-t marginal): a positive latent,
     so its unconstrained map has a log |det J| ≠ 0. Exact: log p(x) and λ | x ~ Gamma(a + D/2,
     b + ‖x − μ‖²/2). Returns (ModelGuide, x, exact log p(x), posterior shape, posterior rate)."""
-    gen = torch.Generator().manual_seed(seed)
-    mu = torch.randn(DIM, generator=gen)
+    mu = _mu(seed)
+    gen = torch.Generator().manual_seed(seed + 1)
 
     def model(x):
         with pyro.plate("points", x.shape[0]):
@@ -63,41 +63,63 @@ def scale_mixture(num_points: int = 8, seed: int = 0):
         torch.manual_seed(seed)
         lam = torch.distributions.Gamma(SHAPE, RATE).sample((num_points,))
     x = mu + torch.randn(num_points, DIM, generator=gen) * lam.rsqrt().unsqueeze(-1)
-    half = 0.5 * ((x - mu) ** 2).sum(-1).double()
-    post_shape, post_rate = SHAPE + DIM / 2, RATE + half
-    log_px = (SHAPE * math.log(RATE) - math.lgamma(SHAPE) - DIM / 2 * math.log(2 * math.pi)
-              + math.lgamma(post_shape) - post_shape * torch.log(post_rate))
-    return ModelGuide(model, guide), x, log_px, post_shape, post_rate
+    post_shape, post_rate = _posterior(x, mu)
+    return ModelGuide(model, guide), x, scale_mixture_log_px(x, mu), post_shape, post_rate
+
+
+def _mu(seed: int = 0) -> torch.Tensor:
+    return torch.randn(DIM, generator=torch.Generator().manual_seed(seed))
+
+
+def _posterior(x: torch.Tensor, mu: torch.Tensor) -> tuple[float, torch.Tensor]:
+    return SHAPE + DIM / 2, RATE + 0.5 * ((x - mu) ** 2).sum(-1).double()
+
+
+def scale_mixture_log_px(x: torch.Tensor, mu: torch.Tensor | None = None) -> torch.Tensor:
+    """log p(x) per point of :func:`scale_mixture` (seed 0), a multivariate Student t."""
+    post_shape, post_rate = _posterior(x, _mu() if mu is None else mu)
+    return (SHAPE * math.log(RATE) - math.lgamma(SHAPE) - DIM / 2 * math.log(2 * math.pi)
+            + math.lgamma(post_shape) - post_shape * torch.log(post_rate))
 
 
 # --------------------------------------------------------------------------- AIS
 @pytest.mark.parametrize("name", ["hierarchy_topdown", "hierarchy_bottomup", "code_site",
                                   "pyro_example_vae", "labelled"])
 def test_ais_from_the_prior_reaches_the_exact_log_likelihood_of_user_models(name):
-    """Within 0.3 nats at every point (the issue's bar) over all latent sites — z1 and z2 of the
-    hierarchies at once: a run that annealed only one of them would miss the other's prior to
-    posterior contraction (1 to 4 nats here)."""
+    """Within 0.3 nats at every point (the issue's bar), annealing all latent sites at once
+    from their joint prior: z2 and z1 of the hierarchies, a site named ``code`` with (2, 2)
+    observations, Pyro's own example VAE (``model(x)``, sites ``latent``/``obs``), a model of
+    ``(x, y)``. Seeds 0-3 gave at most 0.16 nats (0.26 at T = 400, 0.30 at T = 300); with
+    chains that never move (plain importance sampling from the prior) up to 1.8 nats, and
+    annealing only the first site of a hierarchy missed too."""
     case, vae = zoo(name)
     pyro.set_rng_seed(0)
-    result = ais_log_likelihood(vae, case.x, case.y, num_steps=400, num_chains=16)
+    result = ais_log_likelihood(vae, case.x, case.y, num_steps=500, num_chains=32)
     error = result.log_px.double() - case.exact_log_px(case.x, case.y)
     assert float(error.abs().max()) < 0.3, error
     assert 0.4 < result.acceptance < 0.95
 
 
-def test_ais_with_the_users_guide_as_proposal_and_a_flow_guide():
-    """The guide as p_0 needs its density at any u: a flow guide gives it (by inverting the
-    flow); the run is then short."""
-    case, vae = zoo("flow_guide")
+@pytest.mark.parametrize("name", ["hierarchy_topdown", "hierarchy_bottomup", "flow_guide"])
+def test_ais_from_the_users_guide_reaches_the_exact_log_likelihood(name):
+    """The guide as p_0 needs its density at any u: of both sites, in the guide's own order
+    (q(z1 | x) q(z2 | z1) for the bottom-up guide, the reverse of the model's), and of a flow
+    guide, by inverting the flow. A short schedule is then within 0.3 nats at every point
+    (seeds 0-3: at most 0.15); the same chains without moves (importance sampling from the
+    guide) missed by 0.37 to 0.60, and p_0's density taken from the prior while drawing from
+    the guide by up to 2.7."""
+    case, vae = zoo(name)
     pyro.set_rng_seed(0)
-    result = ais_log_likelihood(vae, case.x, num_steps=60, num_chains=16, proposal="guide")
-    error = result.log_px.double() - case.exact_log_px(case.x)
+    result = ais_log_likelihood(vae, case.x, case.y, num_steps=100, num_chains=16,
+                                proposal="guide")
+    error = result.log_px.double() - case.exact_log_px(case.x, case.y)
     assert float(error.abs().max()) < 0.3, error
 
 
 def test_ais_on_a_positive_latent_needs_the_log_jacobian():
     """λ > 0 is annealed as log λ: the target is p(x, e^u) e^u. Dropping the e^u (the log
-    |det J|) moves the estimate by several nats; with it, the error is below 0.3."""
+    |det J|) from both the start and the target moved the estimates by up to 0.6 nats (the
+    chains then sample the wrong targets); with it, the error is below 0.3."""
     vae, x, exact, _, _ = scale_mixture()
     pyro.set_rng_seed(0)
     result = ais_log_likelihood(vae, x, num_steps=300, num_chains=16)
@@ -106,23 +128,27 @@ def test_ais_on_a_positive_latent_needs_the_log_jacobian():
 
 
 def test_guide_proposal_with_an_auxiliary_guide_is_refused_and_the_prior_works():
+    """AutoNormal's guide samples an auxiliary site, so its density at a given z is not
+    available: the guide proposal is refused in one line; from the prior, the model (one site
+    ``z``, as Pyro examples name it) is within 0.3 nats."""
     case, vae = zoo("autonormal")
     with pytest.raises(ConfigError, match="auxiliary"):
         ais_log_likelihood(vae, case.x, num_steps=5, num_chains=2, proposal="guide")
     pyro.set_rng_seed(0)
-    result = ais_log_likelihood(vae, case.x, num_steps=300, num_chains=16)
+    result = ais_log_likelihood(vae, case.x, num_steps=300, num_chains=32)
     assert float((result.log_px.double() - case.exact_log_px(case.x)).abs().max()) < 0.3
 
 
 # --------------------------------------------------------------------------- standard error
-@pytest.mark.parametrize("num_steps", [10, 100])
+@pytest.mark.parametrize("num_steps", [10, 150])
 def test_the_reported_standard_error_matches_the_spread_of_repeated_runs(num_steps):
     """60 seeded repeats of AIS (16 chains) on the 10 points of the linear-Gaussian model of the
     issue: the spread of the estimates across the repeats is the true error. Where the
     reported standard error is finite in at least 3 repeats, its root mean square over them
-    is within a factor 1.5 of that spread; elsewhere it is NaN (refused). At T = 100 it is
-    reported at most points; at T = 10 the former delta-method error is more than 1.5× too
-    small at some point (the issue's 0.75 vs 1.70), so this test fails on it.
+    is within a factor 1.5 of that spread; elsewhere it is NaN (refused). At T = 150 it is
+    reported in at least 90 % of the runs at every point; at T = 10 it is refused, and the
+    former delta-method error is more than 1.5× too small at some point (the issue's 0.75 vs
+    1.70), so this test fails on it.
 
     The repeats run as one call on the 10 points tiled 60 times (each point's chains, pilot
     chains and step sizes are its own, so the copies are independent runs), and the error of
@@ -146,8 +172,8 @@ def test_the_reported_standard_error_matches_the_spread_of_repeated_runs(num_ste
     ratio = rms[shown] / spread[shown]
     # the spread of 60 repeats is itself known to about ±10 % (more with heavy tails)
     assert bool(((ratio > 1 / 1.5) & (ratio < 1.5)).all()), ratio
-    if num_steps == 100:
-        assert int(shown.sum()) >= 8 and float(reported.float().mean()) > 0.7
+    if num_steps == 150:
+        assert float(reported.float().mean(0).min()) > 0.9
     else:
         w = torch.softmax(log_w, 0)
         delta = (chains * w).std(0) / math.sqrt(chains)
@@ -160,7 +186,10 @@ def test_bdmc_sandwiches_the_exact_log_likelihood_of_simulated_data(name):
     """(z*, x) simulated from the model (all latent sites; the observed site unconditioned on
     a template batch); forward AIS from the prior is a lower bound, reverse AIS from z* an
     upper bound, each in expectation: the mean over the points of each lies on its side of the
-    exact mean log p(x) up to 0.1 nats of Monte Carlo noise, and the sandwich is narrow."""
+    exact mean log p(x) up to 0.1 nats of Monte Carlo noise, and at T = 300 the sandwich is
+    narrow. The short run (T = 10) is the check that z* is the posterior draw that goes with
+    x: its upper bound was 0.2 to 1.0 nats above the exact mean over seeds 0-2, and 0.3 to
+    1.8 nats *below* it when z* was shuffled across the points."""
     case, vae = zoo(name)
     pyro.set_rng_seed(0)
     sandwich = bdmc(vae, x=case.x, num_steps=300, num_chains=8)
@@ -171,18 +200,26 @@ def test_bdmc_sandwiches_the_exact_log_likelihood_of_simulated_data(name):
     assert float(sandwich.upper.mean()) >= float(exact.mean()) - 0.1
     assert -0.1 < float(sandwich.width.mean()) < 0.3
     assert float((sandwich.lower - exact).abs().max()) < 0.3
+    short = bdmc(vae, x=case.x, num_steps=10, num_chains=8)
+    exact = case.exact_log_px(short.x).float()
+    assert float(short.upper.mean()) >= float(exact.mean()) - 0.1
+    assert float(short.lower.mean()) <= float(exact.mean()) + 0.3
 
 
 def test_bdmc_on_a_positive_latent():
+    """The same sandwich for λ > 0 (annealed as log λ), against the exact Student-t log p(x)."""
     vae, x, _, _, _ = scale_mixture()
     pyro.set_rng_seed(0)
     sandwich = bdmc(vae, x=x, num_steps=300, num_chains=8)
     assert sandwich.z.shape == (8,) and bool((sandwich.z > 0).all())
+    exact = scale_mixture_log_px(sandwich.x)
+    assert float(sandwich.lower.mean()) <= float(exact.mean()) + 0.1
+    assert float(sandwich.upper.mean()) >= float(exact.mean()) - 0.1
     assert -0.1 < float(sandwich.width.mean()) < 0.3
 
 
 def test_bdmc_of_a_user_model_needs_a_template_batch():
-    case, vae = zoo("pyro_example_vae")
+    _, vae = zoo("pyro_example_vae")
     with pytest.raises(ConfigError, match="template"):
         bdmc(vae, num_points=4, num_steps=5, num_chains=2)
 
@@ -198,35 +235,40 @@ def _whitened(samples: dict[str, torch.Tensor], posterior, sites) -> torch.Tenso
 
 
 def test_nuts_returns_every_site_of_a_hierarchy_with_the_exact_posterior_moments():
-    """NUTS over (z2, z1) of 4 points: the draws whitened by the exact posterior are N(0, I).
-    Pooled over points and coordinates (20 of them), the mean of the whitened draws is within
-    0.15 of 0 (about 4 standard errors at an effective sample size of 150 per coordinate,
-    with the NUTS chains' autocorrelation) and the whitened covariance, averaged over the
-    points, within 0.3 of the identity entrywise. Annealing or sampling only one site, or a
-    wrong posterior covariance between z1 and z2, fails this."""
+    """NUTS over (z2, z1) of 2 points (10 unconstrained numbers): the draws whitened by the
+    exact joint posterior are N(0, I). With 150 draws and an effective sample size of 54 to
+    190 per coordinate (seeds 0-4), a whitened mean has a standard error of 0.07 to 0.14:
+    each is within 0.4 of 0, their average over the 2 points within 0.3; the whitened
+    covariance averaged over the points is within 0.4 of the identity entrywise (3-4 standard
+    errors), and the mean squared norm per coordinate within 0.25 of 1. Seeds 0-4 gave at
+    most 0.24, 0.13, 0.26. Moving only one site (the other left at its start), dropping the
+    likelihood or a wrong z1-z2 covariance fails this."""
     case, vae = zoo("hierarchy_topdown")
-    x = case.x[:4]
-    samples = nuts_samples(vae, x, num_samples=300, warmup_steps=200, seed=0)
+    x = case.x[:2]
+    samples = nuts_samples(vae, x, num_samples=150, warmup_steps=100, seed=0)
     assert set(samples) == {"z1", "z2"}
-    assert samples["z2"].shape == (300, 4, 2) and samples["z1"].shape == (300, 4, 3)
+    assert samples["z2"].shape == (150, 2, 2) and samples["z1"].shape == (150, 2, 3)
     e = _whitened(samples, case.exact_posterior(x), ("z2", "z1"))
-    assert float(e.mean(0).abs().max()) < 0.3
-    assert float(e.mean((0, 1)).abs().max()) < 0.15
+    assert float(e.mean(0).abs().max()) < 0.4
+    assert float(e.mean((0, 1)).abs().max()) < 0.3
     cov = torch.einsum("sbi,sbj->bij", e - e.mean(0), e - e.mean(0)).mean(0) / (e.shape[0] - 1)
-    assert float((cov - torch.eye(5, dtype=cov.dtype)).abs().max()) < 0.3, cov
-    multi = nuts_posterior(vae, x, num_samples=5, warmup_steps=5, seed=0)
+    assert float((cov - torch.eye(5, dtype=cov.dtype)).abs().max()) < 0.4, cov
+    assert abs(float((e ** 2).mean()) - 1.0) < 0.25
+    multi = nuts_posterior(vae, x, num_samples=3, warmup_steps=3, seed=0)
     assert isinstance(multi, dict) and set(multi) == {"z1", "z2"}
 
 
 def test_nuts_on_a_positive_latent_samples_its_exact_gamma_posterior():
     """λ | x ~ Gamma(a + D/2, b + ‖x − μ‖²/2): the draws stay positive and their mean over the
     draws, standardized by the exact posterior's sd, averages to 0 within 0.15 over 8 points
-    (the mutation without log |det J| samples Gamma(a + D/2 − 1, ·), 0.45 sd lower); their
-    variance is within 30 % of the exact one, pooled. The single site comes back as a tensor
-    (S, B), as nuts_posterior always returned it."""
+    (effective sample sizes 110 to 260 per point: a standard error of about 0.03; seeds 0-4
+    gave at most 0.03; the mutation without log |det J| samples Gamma(a + D/2 − 1, ·), 0.45
+    sd lower); their variance is within 30 % of the exact one, pooled (seeds 0-4: 0.90 to
+    1.08). The single site comes back as a tensor (S, B), as nuts_posterior always returned
+    it."""
     vae, x, _, shape, rate = scale_mixture()
-    draws = nuts_posterior(vae, x, num_samples=400, warmup_steps=200, seed=0)
-    assert isinstance(draws, torch.Tensor) and draws.shape == (400, 8)
+    draws = nuts_posterior(vae, x, num_samples=150, warmup_steps=80, seed=0)
+    assert isinstance(draws, torch.Tensor) and draws.shape == (150, 8)
     assert bool((draws > 0).all())
     mean, sd = shape / rate, math.sqrt(shape) / rate
     z = (draws.double() - mean) / sd

