@@ -553,5 +553,23 @@ def svi_objective(
     ``score-nn`` registers its :class:`NeuralBaseline` with ``pyro.module("baseline", ...)``
     so that SVI trains it alongside the model; ``baseline_offset`` is its starting output
     (about N/B · E_q[f], as TraceGraph's costs carry the plate's N/B scale)."""
-    _, elbo = pyro_objective(estimator, kl, num_particles, baseline_offset, sites=sites)
-    return (vae.guide if guide is None else guide), elbo
+    base_guide = vae.guide if guide is None else guide
+    net = None
+    if BASELINE_KIND.get(estimator) == "nn" and hasattr(vae, "event_shape"):
+        # built now, not at the first step, so that it is a parameter of the guide's trace
+        # (the trainer's optimizer and compiled step see it from the start)
+        net = NeuralBaseline(tuple(vae.event_shape), offset=baseline_offset)
+        owner = next(iter(vae.parameters()), None) if isinstance(vae, nn.Module) else None
+        if owner is not None:
+            net.to(owner.device)
+    _, elbo = pyro_objective(estimator, kl, num_particles, baseline_offset, nn_baseline=net,
+                             sites=sites)
+    if net is None:
+        return base_guide, elbo
+
+    def guide_with_baseline(*args: Any, **kwargs: Any) -> Any:
+        pyro.module(elbo.baseline_name, net)
+        return base_guide(*args, **kwargs)
+
+    guide_with_baseline.baseline_net = net  # for callers that train the baseline themselves
+    return guide_with_baseline, elbo

@@ -2,7 +2,7 @@
 model with a data plate and continuous local latents (:mod:`pyro_vae.infer.problem`).
 
 NUTS runs on the joint of *all* local latent sites of the batch in unconstrained space: the
-potential is −Σ_n log p(x_n, T(u_n)) − log |det ∂T/∂u_n| (:meth:`Problem.log_joint`: each
+potential is −Σ_n log p(x_n, T(u_n)) − log abs(det ∂T/∂u_n) (:meth:`Problem.log_joint`: each
 site's unscaled log-density, so neither a plate's N/B subsampling scale nor a KL weight enters),
 handed to :class:`pyro.infer.NUTS` as ``potential_fn``; the draws are mapped back to each site's
 support. The model's and the guide's parameters are held fixed (``requires_grad`` off, eval
@@ -36,10 +36,12 @@ def nuts_samples(vae: Any, x: torch.Tensor, y: torch.Tensor | None = None,
     name → ``(S, *value_shape)``, the value shape being the site's for the batch (e.g.
     ``(S, B, L)`` for a site of event shape ``(L,)``), in the site's support.
 
-    The chain starts at a draw of the guide (``guide``, default ``vae.guide``; ``init="guide"``)
-    or of the model's prior (``init="prior"``; the guide is then not used) and adapts its step
-    size and a diagonal mass matrix during the ``warmup_steps``. The global random state is
-    left as it was (the chain runs on a forked generator seeded with ``seed``).
+    The chain starts at a draw of the guide (``guide``, default ``vae.guide``; ``init="guide"``:
+    a guide that cannot be drawn from per point, such as ``AutoDiagonalNormal``'s joint vector,
+    is refused in one line) or of the model's prior (``init="prior"``: the guide is not used)
+    and adapts its step size and a diagonal mass matrix during the ``warmup_steps``. The
+    global random state is left as it was (the chain runs on a forked generator seeded with
+    ``seed``).
 
     :param nuts_options: passed to :class:`pyro.infer.NUTS` (e.g. ``target_accept_prob``,
         ``max_tree_depth``).
@@ -53,12 +55,18 @@ def nuts_samples(vae: Any, x: torch.Tensor, y: torch.Tensor | None = None,
     _check_data(x)
     y = _labels(vae, y)
     model, own_guide = program_of(vae, guide)
-    problem = describe(model, own_guide if init == "guide" else None, x, y)
+    problem = describe(model, None, x, y)  # the model alone: NUTS needs no guide
     problem.require_continuous("NUTS")
     if problem.dim == 0:
         raise ModelError("NUTS needs latent sites inside the data plate; the model has none")
+    q = None
+    if init == "guide":
+        try:  # the guide's draws need it to sample every latent per point
+            problem = describe(model, own_guide, x, y)
+        except ModelError as err:
+            raise ModelError(f"{err}; or start NUTS from the prior: init='prior'") from err
+        q = own_guide
     devices = [x.device] if x.device.type == "cuda" else []
-    q = own_guide if init == "guide" else None
     with frozen_program(vae, problem, q), torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         with torch.no_grad():

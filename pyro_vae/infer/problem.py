@@ -35,7 +35,7 @@ N/B nor a KL weight β enters a per-point number. ``E_q[log w] = ELBO(x_n)`` and
 ``log (1/S) Σ_s w_s`` is the IWAE bound (Burda et al. 2016).
 
 **The unconstrained joint.** For the continuous local latents, :meth:`Problem.log_joint` is
-log p(x_n, T(u_n)) + log |det ∂T/∂u| per point, with u_n the flat vector of all of point n's
+log p(x_n, T(u_n)) + log abs(det ∂T/∂u) per point, with u_n the flat vector of all of point n's
 latents mapped to ℝ^D by ``biject_to(site.support).inv`` (the transform Pyro's HMC and
 autoguides use): the potential of AIS, BDMC and NUTS, and the target of the local fits.
 """
@@ -63,6 +63,10 @@ PARTICLE_PLATE = "_pyro_vae_particles"
 
 
 # --------------------------------------------------------------------------- calling
+#: the library's call protocol, by position
+PROTOCOL = ("x", "y", "indices", "beta")
+
+
 @dataclass(frozen=True)
 class Signature:
     """How model and guide are called on a batch: ``fn(*args)`` with ``args`` built from the data
@@ -84,7 +88,14 @@ class Signature:
         if any(p.kind is p.VAR_POSITIONAL for p in params):
             return cls(4)
         positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        return cls(min(4, len(positional)))
+        # required parameters take the data; an optional one takes the protocol's argument
+        # only under its name (y, indices, beta), so that model(x, W=W) keeps its W
+        arity = 0
+        for i, p in enumerate(positional[:4]):
+            if p.default is not p.empty and i > 0 and p.name != PROTOCOL[i]:
+                break
+            arity += 1
+        return cls(arity)
 
     def args(self, x: torch.Tensor | None, y: torch.Tensor | None = None,
              indices: torch.Tensor | None = None, beta: float | torch.Tensor = 1.0,
@@ -380,7 +391,7 @@ class Problem:
         return out
 
     def constrain(self, u: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Constrained site values of the unconstrained ``u`` (C, B, D) and the log |det J| of
+        """Constrained site values of the unconstrained ``u`` (C, B, D) and the log abs(det J) of
         the map, per chain and point ``(C, B)``."""
         values, log_det = {}, torch.zeros(u.shape[:2], dtype=u.dtype, device=u.device)
         unpacked = self.unpack(u)
@@ -400,8 +411,8 @@ class Problem:
         return self.pack({k: self.transform(k).inv(v) for k, v in values.items()}, num)
 
     def log_joint(self, x, y, u: torch.Tensor, split: bool = False):
-        """log p(x, T(u)) + log |det ∂T/∂u| per chain and point ``(C, B)`` for ``u`` of shape
-        ``(C, B, D)``; with ``split`` the pair (log prior + log |det J|, log likelihood)."""
+        """log p(x, T(u)) + log abs(det ∂T/∂u) per chain and point ``(C, B)`` for ``u`` of shape
+        ``(C, B, D)``; with ``split`` the pair (log prior + log abs(det J), log likelihood)."""
         self.require_continuous("the unconstrained joint")
         values, log_det = self.constrain(u)
         num = u.shape[0]

@@ -337,7 +337,7 @@ def local_elbo(
 
     ``family=None`` is the factorized Gaussian q(u) = N(μ, diag σ²) over the unconstrained
     vector u of *all* the point's local latents (:meth:`~pyro_vae.infer.problem.Problem.
-    log_joint`): ELBO = E_q[log p(x, T(u)) + log |det J| − log q(u)] by the S draws
+    log_joint`): ELBO = E_q[log p(x, T(u)) + log abs(det J) − log q(u)] by the S draws
     (:func:`local_log_weights`); with ``return_stderr`` also its Monte Carlo error. Any other
     family (:meth:`~pyro_vae.distributions.guides.GuideFamily.local_posterior`, the library
     VAE's full-covariance and flow families over its one real-valued site) is
@@ -352,7 +352,7 @@ def local_elbo(
 def local_log_weights(problem: Problem, x: torch.Tensor, y: torch.Tensor | None,
                       family: GuideFamily | None, params: dict[str, torch.Tensor],
                       eps: torch.Tensor) -> torch.Tensor:
-    """log p(x, T(u_s)) + log |det J| − log q(u_s) for the draws ``eps`` pushed through the
+    """log p(x, T(u_s)) + log abs(det J) − log q(u_s) for the draws ``eps`` pushed through the
     per-point q of ``family`` (``None``: the factorized Gaussian), shape (S, N). Their mean is
     the ELBO: log q is taken on the same draws rather than as the closed-form entropy, which
     makes the estimate nearly exact when q is close to the posterior (the two terms' noise

@@ -190,15 +190,17 @@ def run_discrete_lab(
     warmup: int = 300,
     seed: int = 0,
 ) -> list[DiscreteEstimatorResult]:
-    """Every estimator once (``vimco`` with K = ``num_particles``, the others with one sample;
-    ``enum`` once: it is exact), against one exact gradient per target."""
+    """Every estimator once (``vimco`` and ``rloo`` with K = ``num_particles``, the others with
+    one sample; ``enum`` once: it is exact), against one exact gradient per target (IWAE_K for
+    vimco, the ELBO for the others)."""
     groups = parameter_groups(vae)
     exact_elbo = exact_gradient(vae, x, 1, groups)
     results = []
     for estimator in estimators:
         pyro.set_rng_seed(seed)
-        k = num_particles if estimator == "vimco" else 1
-        exact = exact_elbo if k == 1 else exact_gradient(vae, x, k, groups)
+        k = num_particles if estimator in ("vimco", "rloo") else 1
+        exact = exact_elbo if k == 1 or estimator == "rloo" else \
+            exact_gradient(vae, x, k, groups)  # rloo's K draws estimate the ELBO's gradient
         results.append(measure_discrete_estimator(
             vae, x, estimator, k, temperature, 2 if estimator == "enum" else repeats, warmup,
             exact))

@@ -241,8 +241,8 @@ def test_nuts_returns_every_site_of_a_hierarchy_with_the_exact_posterior_moments
     each is within 0.4 of 0, their average over the 2 points within 0.3; the whitened
     covariance averaged over the points is within 0.4 of the identity entrywise (3-4 standard
     errors), and the mean squared norm per coordinate within 0.25 of 1. Seeds 0-4 gave at
-    most 0.24, 0.13, 0.26. Moving only one site (the other left at its start), dropping the
-    likelihood or a wrong z1-z2 covariance fails this."""
+    most 0.24, 0.13, 0.26; a potential without the likelihood (NUTS on the prior) fails it, as
+    would a site left out or a wrong z1-z2 covariance."""
     case, vae = zoo("hierarchy_topdown")
     x = case.x[:2]
     samples = nuts_samples(vae, x, num_samples=150, warmup_steps=100, seed=0)
@@ -284,6 +284,24 @@ def test_nuts_leaves_the_parameters_trainable_and_the_rng_untouched():
     assert torch.equal(state, torch.get_rng_state())
     assert all(p.requires_grad for m in case.modules.values() for p in m.parameters())
     assert all(p.requires_grad for _, p in pyro.get_param_store().named_parameters())
+
+
+def test_an_autodiagonalnormal_guide_is_not_needed_by_nuts_or_ais_from_the_prior():
+    """AutoDiagonalNormal draws one joint vector outside the data plate: it can be neither a
+    per-point proposal nor NUTS's start (both refused in one line), but NUTS started from the
+    prior and AIS from the prior need no guide."""
+    case, vae = zoo("autodiagonalnormal")
+    for call in (lambda: ais_log_likelihood(vae, case.x, num_steps=3, num_chains=2,
+                                            proposal="guide"),
+                 lambda: nuts_samples(vae, case.x, num_samples=3, warmup_steps=3)):
+        with pytest.raises(PyroVAEError, match="outside the data plate") as info:
+            call()
+        assert "\n" not in str(info.value)
+    draws = nuts_samples(vae, case.x, num_samples=3, warmup_steps=3, seed=0, init="prior")
+    assert set(draws) == {"z"} and draws["z"].shape == (3, 8, 2)
+    pyro.set_rng_seed(0)
+    result = ais_log_likelihood(vae, case.x, num_steps=20, num_chains=4)
+    assert bool(torch.isfinite(result.log_px).all())
 
 
 # --------------------------------------------------------------------------- refusals
