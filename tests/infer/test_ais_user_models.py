@@ -24,16 +24,6 @@ from tests.common import linear_gaussian_vae
 from tests.zoo import make_case
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_and_a_clean_store():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    pyro.clear_param_store()
-    yield
-    torch.set_num_threads(threads)
-    pyro.clear_param_store()
-
-
 def zoo(name: str, guide_init: str = "near"):
     case = make_case(name, guide_init=guide_init)
     return case, ModelGuide(case.model, case.guide)

@@ -39,13 +39,6 @@ M, R = 150, 16          # calls per estimator, replicates per call
 Z_MAX = 4.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is several times faster than contended threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def states(n: int) -> torch.Tensor:

@@ -34,14 +34,6 @@ from tests.common import small_vae
 Z_MAX = 4.5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    pyro.clear_param_store()
-    yield
-    torch.set_num_threads(threads)
-    pyro.clear_param_store()
 
 
 def zoo_program(name: str) -> tuple[ModelGuide, zoo.ZooCase]:
