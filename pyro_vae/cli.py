@@ -8,6 +8,7 @@ current epoch, writes the checkpoint and exits with status 130.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -16,44 +17,23 @@ import warnings
 from pathlib import Path
 
 from pyro_vae.config import (
-    ARCHS,
-    BINARIZE,
-    KL_SCHEDULES,
-    LR_SCHEDULES,
-    MODELS,
-    OPTIMIZERS,
-    STRATEGIES,
+    COMPONENTS,
     Config,
-    parse_hidden,
+    flag,
+    option_choices,
+    parse_float,
+    parse_int,
+    parse_path,
+    train_estimators,
 )
-from pyro_vae.data.datasets import DATASETS
-from pyro_vae.distributions.guides import GUIDE_FAMILIES
-from pyro_vae.distributions.likelihoods import LIKELIHOODS
 from pyro_vae.errors import ConfigError, PyroVAEError
-from pyro_vae.infer.discrete import DISCRETE_ESTIMATORS
-from pyro_vae.infer.elbo import ELBOS
-from pyro_vae.infer.importance import IW_ESTIMATORS, OBJECTIVES
+from pyro_vae.infer.importance import OBJECTIVES
 from pyro_vae.lab.discrete import DISCRETE_TOY
-from pyro_vae.models.discrete_vae import LATENTS
-from pyro_vae.nn.networks import ACTIVATIONS
 
 #: The source of every option's default: the CLI states none of its own.
 _DEFAULT = Config()
-TRAIN_ESTIMATORS = IW_ESTIMATORS + tuple(e for e in DISCRETE_ESTIMATORS if e not in IW_ESTIMATORS)
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+TRAIN_ESTIMATORS = train_estimators()
+_float, _int, _path = parse_float, parse_int, parse_path
 
 
 def _nonnegative(text: str) -> int:
@@ -72,156 +52,37 @@ def _count(text: str) -> int:
     return value
 
 
+def _add_config_option(group: argparse._ArgumentGroup, f: dataclasses.Field) -> None:
+    """The option of configuration field ``f``, as its metadata defines it
+    (:func:`~pyro_vae.config.option`). Its default is argparse's ``SUPPRESS``: an option not
+    given leaves no attribute, so that a configuration file's value (or else the field's
+    default) applies."""
+    meta = f.metadata
+    text = meta["help"].replace("%(default)s", str(f.default).replace("%", "%%"))
+    kwargs: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
+    if meta["negatable"]:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif f.default is False:
+        kwargs["action"] = "store_true"
+    else:
+        if meta["parse"] is not None:
+            kwargs["type"] = meta["parse"]
+        if option_choices(f) is not None:
+            kwargs["choices"] = option_choices(f)
+    group.add_argument(flag(f.name), **kwargs)
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    d = p.add_argument_group("data")
-    d.add_argument("--dataset", default=_DEFAULT.dataset, choices=DATASETS,
-                   help="data set (default %(default)s: scikit-learn's 8x8 digits, embedded)")
-    d.add_argument("--data", type=_path, help="path of a .npy/.npz/.csv file or image folder "
-                   "(with --dataset file)")
-    d.add_argument("--data-root", type=_path,
-                   help="folder holding torchvision data sets (default: "
-                   "$PYRO_VAE_DATA or ~/.cache/pyro-vae; Debian's Fashion-MNIST is found "
-                   "automatically)")
-    d.add_argument("--download", action="store_true",
-                   help="let torchvision download missing data (needs internet)")
-    d.add_argument("--split-seed", type=_int, default=_DEFAULT.split_seed,
-                   help="seed of the train/test split and of generated data (default %(default)s)")
-    d.add_argument("--test-fraction", type=_float, default=_DEFAULT.test_fraction,
-                   help="test share for data sets without an official split (default %(default)s)")
-    d.add_argument("--image-size", type=_int, default=_DEFAULT.image_size,
-                   help="side of CelebA / image-folder images after resizing (default %(default)s)")
-    d.add_argument("--label-column", help="CSV column (name or 0-based index) holding labels")
-    d.add_argument("--max-train", type=_int, help="use only the first N training points")
-    d.add_argument("--max-test", type=_int, help="use only the first N test points")
-    d.add_argument("--binarize", choices=BINARIZE,
-                   help="for --likelihood bernoulli on grey images: 'dynamic' draws pixels "
-                   "~ Bernoulli(intensity) per mini-batch, 'threshold' uses x > 0.5 "
-                   "(default with Bernoulli on image data sets: dynamic)")
-
-    m = p.add_argument_group("model")
-    m.add_argument("--arch", choices=ARCHS, help="mlp or conv (28x28 / 64x64 images)")
-    m.add_argument("--hidden", type=parse_hidden,
-                   help="comma-separated hidden layer sizes of the encoder; the decoder "
-                   "mirrors them (e.g. 400 or 512,256)")
-    m.add_argument("--activation", default=_DEFAULT.activation, choices=tuple(ACTIVATIONS),
-                   help="hidden activation of the MLPs (default %(default)s)")
-    m.add_argument("--model", default=_DEFAULT.model, choices=MODELS,
-                   help="vae, or m2: the semi-supervised VAE of Kingma et al. (2014), with y "
-                   "summed out by TraceEnum_ELBO where it is not given (default %(default)s)")
-    m.add_argument("--labels", type=_int, default=_DEFAULT.labels,
-                   help="--model m2: labelled training points, equally many per class; the "
-                   "rest lose their labels (default %(default)s)")
-    m.add_argument("--aux-weight", type=_float, default=_DEFAULT.aux_weight,
-                   help="--model m2: weight of the classification term, α / N "
-                   "(default %(default)s, the paper's α = 0.1·N)")
-    m.add_argument("--latent", default=_DEFAULT.latent, choices=LATENTS,
-                   help="the code z: gaussian (L dims), bernoulli (L binary units) or "
-                   "categorical (L groups of --categories classes) (default %(default)s)")
-    m.add_argument("--latent-dim", type=_int,
-                   help="dimension L of z (units of a bernoulli code, groups of a categorical)")
-    m.add_argument("--categories", type=_int, default=_DEFAULT.categories,
-                   help="classes C per group of --latent categorical (default %(default)s)")
-    m.add_argument("--likelihood", choices=LIKELIHOODS, help="observation model p(x|z)")
-    m.add_argument("--obs-scale", type=_float,
-                   help="fixed σ of --likelihood gaussian (b of laplace), or the starting "
-                   "value of a learned one")
-    m.add_argument("--allow-greyscale", action="store_true",
-                   help="let bernoulli score grey values (cross-entropy, not a density)")
-    m.add_argument("--conditional", action="store_true",
-                   help="conditional VAE: encoder and decoder also see the label y")
-    m.add_argument("--guide", default=_DEFAULT.guide, choices=GUIDE_FAMILIES,
-                   help="posterior family q(z|x): diag (factorized Gaussian), full (full "
-                   "covariance), iaf (inverse autoregressive flow), planar (planar flow) "
-                   "(default %(default)s)")
-    m.add_argument("--flow-length", type=_int, default=_DEFAULT.flow_length,
-                   help="flow steps K of --guide iaf / planar (default %(default)s)")
-
-    i = p.add_argument_group("inference")
-    i.add_argument("--elbo", default=_DEFAULT.elbo, choices=ELBOS,
-                   help="trace: Trace_ELBO (Monte Carlo KL); meanfield: TraceMeanField_ELBO "
-                   "(analytic KL) (default %(default)s)")
-    i.add_argument("--jit", action=argparse.BooleanOptionalAction, default=None,
-                   help="JIT-compile the ELBO, or --no-jit for Pyro's eager ELBO (default: "
-                        "the faster one measured in BENCHMARKS.md: JIT, except eager for conv "
-                        "nets that may meet 64x64 images, which have batch norm)")
-    i.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="compile the whole training step (the ELBO, its gradient and the "
-                        "finiteness check) with TorchInductor; --no-compile never does "
-                        "(default: compile long CPU runs of pathwise Gaussian VAEs, where it "
-                        "pays for its compile time; see BENCHMARKS.md)")
-    i.add_argument("--num-particles", type=_int, default=_DEFAULT.num_particles,
-                   help="samples of z per data point per step, vectorized: K of the "
-                   "importance-weighted objectives (default %(default)s)")
-    i.add_argument("--objective", default=_DEFAULT.objective, choices=OBJECTIVES,
-                   help="elbo, or an importance-weighted bound: iwae (K samples), miwae (M "
-                   "groups of K), ciwae (β-mixture of ELBO and IWAE), piwae (decoder on IWAE, "
-                   "encoder on MIWAE) (default %(default)s)")
-    i.add_argument("--estimator", default=_DEFAULT.estimator, choices=TRAIN_ESTIMATORS,
-                   help="the encoder's gradient estimator: reparam (pathwise), stl (sticking the "
-                   "landing), dreg (doubly reparameterized), or for the ELBO score, score-avg, "
-                   "score-nn (REINFORCE without / with a decaying-average / a learned "
-                   "baseline); for a discrete code also vimco and rloo (K ≥ 2 samples), arm, "
-                   "disarm, rebar, relax (binary codes), relaxed, relaxed-st (Concrete / "
-                   "Gumbel-softmax, straight-through; biased) and enum (exact) "
-                   "(default: reparam; score-nn for a discrete code)")
-    i.add_argument("--temperature", type=_float, default=_DEFAULT.temperature,
-                   help="starting temperature τ₀ of --estimator relaxed / relaxed-st "
-                   "(default %(default)s)")
-    i.add_argument("--temperature-min", type=_float, default=_DEFAULT.temperature_min,
-                   help="the lowest τ of the schedule τ = max(τ_min, τ₀ exp(-r·step)) "
-                   "(default %(default)s)")
-    i.add_argument("--temperature-decay", type=_float, default=_DEFAULT.temperature_decay,
-                   help="r of the temperature schedule, per step; 0 keeps τ₀ "
-                   "(default %(default)s)")
-    i.add_argument("--num-groups", type=_int, default=_DEFAULT.num_groups,
-                   help="M, groups of K particles of miwae and piwae (default %(default)s)")
-    i.add_argument("--ciwae-beta", type=_float, default=_DEFAULT.ciwae_beta,
-                   help="weight of the ELBO in ciwae, in [0, 1] (default %(default)s)")
-    i.add_argument("--optimizer", default=_DEFAULT.optimizer, choices=OPTIMIZERS,
-                   help="pyro.optim Adam or ClippedAdam (default %(default)s)")
-    i.add_argument("--lr", type=_float, help="learning rate")
-    i.add_argument("--clip-norm", type=_float, default=_DEFAULT.clip_norm,
-                   help="gradient norm clip of clipped-adam (default %(default)s)")
-    i.add_argument("--lr-schedule", default=_DEFAULT.lr_schedule, choices=LR_SCHEDULES,
-                   help="per-epoch learning-rate schedule (default %(default)s)")
-    i.add_argument("--lr-decay", type=_float, default=_DEFAULT.lr_decay,
-                   help="factor per epoch of --lr-schedule exponential (default %(default)s)")
-    i.add_argument("--beta", type=_float, default=_DEFAULT.beta,
-                   help="KL weight β ≥ 0 on site z, in model and guide (default %(default)s; 0 "
-                   "drops the KL term)")
-    i.add_argument("--kl-schedule", default=_DEFAULT.kl_schedule, choices=KL_SCHEDULES,
-                   help="β schedule: constant, linear warm-up, or cyclical (default %(default)s)")
-    i.add_argument("--warmup-epochs", type=_int, default=_DEFAULT.warmup_epochs,
-                   help="epochs of the linear β warm-up (default %(default)s)")
-    i.add_argument("--cycles", type=_int, default=_DEFAULT.cycles,
-                   help="cycles of the cyclical schedule")
-    i.add_argument("--cycle-ramp", type=_float, default=_DEFAULT.cycle_ramp,
-                   help="share of each cycle during which β rises (default %(default)s)")
-
-    r = p.add_argument_group("run")
-    r.add_argument("--epochs", type=_int, help="number of passes over the training data")
-    r.add_argument("--batch-size", type=_int, help="mini-batch size")
-    r.add_argument("--seed", type=_int, default=_DEFAULT.seed,
-                   help="random seed of the run (default %(default)s)")
-    r.add_argument("--device", default=_DEFAULT.device,
-                   help="cpu, cuda, cuda:N or auto (default %(default)s)")
-    r.add_argument("--strategy", default=_DEFAULT.strategy, choices=STRATEGIES,
-                   help="single: the library's trainer (default); ddp: PyTorch Lightning "
-                        "data-parallel training (needs pyro-vae[lightning])")
-    r.add_argument("--devices", type=_int, default=_DEFAULT.devices,
-                   help="workers per node for --strategy ddp: CPU processes or GPUs")
-    r.add_argument("--num-nodes", type=_int, default=_DEFAULT.num_nodes,
-                   help="machines for --strategy ddp (launch one command per node)")
-    r.add_argument("--eval-samples", type=_int, default=_DEFAULT.eval_samples,
-                   help="samples of z for the per-epoch test ELBO (default %(default)s)")
-    r.add_argument("--checkpoint-every", type=_int, default=_DEFAULT.checkpoint_every,
-                   help="write the checkpoint every N epochs (default %(default)s)")
-    r.add_argument("--skip-nonfinite", action="store_true",
-                   help="skip steps whose loss or gradient is NaN/inf instead of stopping")
-    r.add_argument("--logger", choices=("none", "tensorboard", "mlflow"), default="none",
-                   help="mirror the per-epoch metrics, configuration and figures to TensorBoard "
-                   "(RUN/tensorboard) or MLflow (RUN/mlruns or $MLFLOW_TRACKING_URI) "
-                   "(default %(default)s: the run folder only)")
+    p.add_argument("--config", type=_path, metavar="FILE",
+                   help="read the run's options from a TOML, YAML or JSON file, flat or in one "
+                   "table per component below (a run folder's config.json, or the folder, "
+                   "repeats that run); options given here override the file's")
+    groups = {}
+    for name, component in COMPONENTS.items():
+        groups[name] = group = p.add_argument_group(name, component.__doc__)
+        for f in dataclasses.fields(component):
+            _add_config_option(group, f)
+    r = groups["run"]
     r.add_argument("--out", type=_path,
                    help="run folder (default runs/DATASET, or runs/DATASET-N if taken)")
     r.add_argument("--resume", action="store_true",
@@ -231,8 +92,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace) -> Config:
-    keys = [f for f in Config.__dataclass_fields__ if f != "extra"]
-    return Config(**{k: getattr(args, k) for k in keys if hasattr(args, k)})
+    """The configuration of ``pyro-vae train``: the options given on the command line, over
+    those of ``--config FILE``, over the fields' defaults."""
+    given = {f: getattr(args, f) for f in Config.__dataclass_fields__ if hasattr(args, f)}
+    if getattr(args, "config", None) is not None:
+        return Config.from_file(args.config, **given)
+    return Config(**given)
 
 
 def _default_out(dataset: str) -> Path:
@@ -251,7 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out RUN_FOLDER, the run to continue; add --out RUN")
-    out = Path(args.out) if args.out else _default_out(args.dataset)
+    out = Path(args.out) if args.out else _default_out(config.dataset)
     start = time.perf_counter()
     result = train_run(config, out, resume=args.resume, progress=not args.no_progress,
                        figures=not args.no_figures)
@@ -647,15 +512,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
-
-
-def _path(text: str) -> str:
-    """A path option: not empty, no NUL byte."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("expected a path, got an empty string")
-    if "\x00" in text:
-        raise argparse.ArgumentTypeError("a path cannot contain a NUL byte")
-    return text
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,10 +69,12 @@ def prepare_data(config: Config) -> DataSet:
 def preprocess_data(data: DataSet, config: Config) -> DataSet:
     """Binarize ``data`` as ``config`` asks and check it against the likelihood (the second half
     of :func:`prepare_data`, for data loaded by other means). Idempotent: prepared data passes
-    through unchanged, so the trainer applies it to whatever it is given."""
-    likelihood = make_likelihood(config.likelihood, config.obs_scale, config.allow_greyscale)
+    through unchanged, so the trainer applies it to whatever it is given. A configuration without
+    a likelihood (resolved for a user's own model) checks no support."""
+    likelihood = None if config.likelihood is None else \
+        make_likelihood(config.likelihood, config.obs_scale, config.allow_greyscale)
     if config.binarize != "none":  # binarizing needs pixel intensities in [0, 1]
-        unit = Likelihood(likelihood.name, 1, "unit")
+        unit = Likelihood("bernoulli" if likelihood is None else likelihood.name, 1, "unit")
         unit.check_support(data.x_train, "training data")
         unit.check_support(data.x_test, "test data")
     if config.binarize == "threshold":
@@ -80,7 +82,7 @@ def preprocess_data(data: DataSet, config: Config) -> DataSet:
                        x_test=(data.x_test > 0.5).float())
     elif config.binarize == "dynamic":
         data = replace(data, x_test=binarize(data.x_test, seed=config.split_seed))
-    else:
+    elif likelihood is not None:  # a user's model (None) states its own likelihood
         likelihood.check_support(data.x_train, "training data")
         likelihood.check_support(data.x_test, "test data")
     if config.batch_size > data.x_train.shape[0]:

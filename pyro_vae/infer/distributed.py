@@ -1,7 +1,10 @@
 """Data-parallel training of the same ``model`` / ``guide`` on PyTorch Lightning.
 
 This is Pyro's own recipe (``examples/svi_lightning.py``) for a VAE: a ``LightningModule`` whose
-``training_step`` returns ``elbo.differentiable_loss(vae.model, vae.guide, x, y, indices, β)``;
+``training_step`` returns ``elbo.differentiable_loss(model, guide, x, y, indices, β)`` — the
+objective and estimator the configuration names, built by the single-process
+:class:`~pyro_vae.infer.trainer.Trainer` itself (its :meth:`~pyro_vae.infer.trainer.Trainer.loss`),
+so both train the same thing;
 Lightning's ``DistributedSampler`` gives each of the W workers a different 1/W of every epoch's
 shuffled indices, and DDP averages the workers' gradients.
 
@@ -30,18 +33,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import pyro
 import torch
 
 from pyro_vae.checkpoint import checkpoint_payload, data_description
 from pyro_vae.config import Config
-from pyro_vae.data import DataSet, binarize, train_eval_subset
+from pyro_vae.data import DataSet, binarize
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer.annealing import KLSchedule
-from pyro_vae.infer.elbo import make_elbo
-from pyro_vae.infer.optim import build_optimizer
-from pyro_vae.infer.trainer import epoch_metrics, trainable_params
-from pyro_vae.models.builder import build_vae
+from pyro_vae.infer.batches import Batch
+from pyro_vae.infer.steps import all_finite
+from pyro_vae.infer.trainer import Trainer
 
 try:
     import lightning as L
@@ -60,66 +61,101 @@ _LightningModule = L.LightningModule if L is not None else torch.nn.Module
 
 
 class VAELightningModule(_LightningModule):
-    """The VAE's networks as submodules (so DDP syncs them) and Pyro's ELBO as the loss."""
+    """The trainer's objective on Lightning: a :class:`~pyro_vae.infer.trainer.Trainer` built
+    from ``config`` supplies the model, guide, loss (the configured objective and estimator),
+    trainable tensors, β schedule and metrics; ``training_step`` returns that trainer's
+    :meth:`~pyro_vae.infer.trainer.Trainer.loss` on the worker's mini-batch. The trained tensors
+    are parameters of this module (the VAE, and any other module parameter the objective trains,
+    such as a score-function baseline network), so DDP synchronizes all of them; a trained
+    tensor that belongs to no module is refused. A step whose loss or synchronized gradient is
+    not finite is not applied: counted in ``skipped_steps`` with ``--skip-nonfinite``, else the
+    run stops with :class:`~pyro_vae.errors.TrainingDivergedError`."""
 
     def __init__(self, config: Config, data: DataSet) -> None:
         super().__init__()
         self.config = config
+        core = Trainer.from_config(config.replace(compile=False, jit=False), data)
+        self.core = core
+        self.vae = core.vae
+        own = {id(p) for p in self.vae.parameters()}
+        extra = [t for t in core.params.values() if id(t) not in own]
+        loose = [name for name, t in core.params.items()
+                 if id(t) not in own and not isinstance(t, torch.nn.Parameter)]
+        if loose:
+            raise ConfigError(f"--strategy ddp synchronizes module parameters, and {loose[0]!r} "
+                              "is a bare pyro.param; use --strategy single")
+        self.others = torch.nn.ParameterList(extra)
         self.data = data
-        n = data.x_train.shape[0]
-        self.vae = build_vae(config, data.event_shape, num_data=n, num_classes=data.num_classes)
-        y = data.y_train[:2] if self.vae.conditional else None
-        pyro.clear_param_store()
-        self.trained = trainable_params(self.vae.model, self.vae.guide, data.x_train[:2], y,
-                                        (self.vae,))
-        self.elbo = make_elbo(config.elbo, config.num_particles, jit=False)
+        self.trained = core.params
         workers = config.devices * config.num_nodes  # each sees ⌈N / W⌉ points per epoch
-        steps = math.ceil(math.ceil(n / workers) / config.batch_size)
-        self.kl_schedule = KLSchedule.for_run(config, steps)
+        steps = math.ceil(math.ceil(data.x_train.shape[0] / workers) / config.batch_size)
+        self.kl_schedule = KLSchedule.for_run(core.config, steps)
         self.history: list[dict[str, Any]] = []
         self._epoch_start = 0.0
-        self._epoch_loss: list[float] = []
-        self._x_eval_train: torch.Tensor | None = None  # set on the worker's device
-        self._y_eval_train: torch.Tensor | None = None
+        self._epoch_total, self._epoch_points = 0.0, 0
+        self._skipped = 0
+        self._last_loss = float("nan")
 
     def on_train_start(self) -> None:
         # identical initial weights everywhere (same seed), different noise per worker
         torch.manual_seed(self.config.seed + 1000 * self.global_rank)
         self.data = self.data.to(self.device)
-        self._x_eval_train, self._y_eval_train = train_eval_subset(self.config, self.data)
+        self.core.use_data(self.data)
 
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
-        self._epoch_loss = []
+        self._epoch_total, self._epoch_points = 0.0, 0
+        self._skipped = 0
+
+    def batch(self, idx: torch.Tensor) -> Batch:
+        """The trainer's mini-batch of these indices."""
+        x = self.data.x_train[idx]
+        if self.core.config.binarize == "dynamic":
+            x = binarize(x)
+        y = self.data.y_train[idx] if self.core.conditional else None
+        return Batch((x, y, idx), int(idx.shape[0]))
 
     def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
         (idx,) = batch
-        x = self.data.x_train[idx]
-        if self.config.binarize == "dynamic":
-            x = binarize(x)
-        y = self.data.y_train[idx] if self.vae.conditional else None
+        step = self.batch(idx)
         beta = self.kl_schedule(self.global_step)
-        loss = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, y, idx, beta)
-        self._epoch_loss.append(float(loss.detach()) / self.data.x_train.shape[0])
+        loss = self.core.loss(*step.args, beta)
+        self._last_loss = float(loss.detach())
+        if math.isfinite(self._last_loss):
+            self._epoch_total += self._last_loss / self.core.full_size(step) * step.points
+            self._epoch_points += step.points
         return loss
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """Lightning's step with the trainer's finiteness check: the closure computes the loss
+        and the synchronized gradients; the update is applied only when all are finite (the
+        same decision on every worker: DDP's gradients are identical)."""
+        optimizer_closure()
+        grads = [p.grad for p in self.trained.values() if p.grad is not None]
+        if all_finite(self._last_loss, grads):
+            optimizer.step()
+            return
+        optimizer.zero_grad()
+        if not self.config.skip_nonfinite:
+            raise self.core.diverged(self._last_loss, batch_idx + 1)
+        self._skipped += 1
 
     def on_train_epoch_end(self) -> None:
         seconds = time.perf_counter() - self._epoch_start
+        points = self._epoch_points
         metrics: dict[str, Any] = {
             "epoch": self.current_epoch + 1, "seconds": seconds,
-            "train_loss": sum(self._epoch_loss) / max(1, len(self._epoch_loss)),
-            "beta": self.kl_schedule(self.global_step - 1), "skipped_steps": 0,
+            "train_loss": self._epoch_total / points if points else float("nan"),
+            "beta": self.kl_schedule(self.global_step - 1), "skipped_steps": self._skipped,
             "lr": float(self.trainer.optimizers[0].param_groups[0]["lr"]),
+            "step_path": "ddp",
         }
-        metrics.update(epoch_metrics(self.vae, self.data, self._x_eval_train,
-                                     self._y_eval_train, self.config.eval_samples))
-        scale = self.vae.obs_scale()
-        if scale is not None:
-            metrics["obs_scale"] = float(scale.detach())
+        self.core.epoch = self.current_epoch
+        metrics.update(self.core.evaluate())
         self.history.append(metrics)
 
     def configure_optimizers(self):
-        optimizer, scheduler = build_optimizer(self.config, self.trained.values())
+        optimizer, scheduler = self.core.optimizer, self.core.scheduler
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,

@@ -10,24 +10,26 @@ an unbiased estimate of the paper's objective over the whole data set: U through
 ``TraceEnum_ELBO`` with y enumerated in the guide, L through ``Trace_ELBO`` with y observed, the
 classification term through ``Trace_ELBO`` on :meth:`~pyro_vae.models.m2.SemiSupervisedVAE.
 classify_model`. An epoch is one pass over the unlabelled points (the labelled ones are cycled).
-The per-epoch metrics add ``test_accuracy`` (arg-max of q(y|x) on the test set) to the
+:class:`SemiSupervisedELBO` is that objective as one Pyro ELBO and :class:`LabelledBatches`
+the mini-batches it takes; the :class:`~pyro_vae.infer.trainer.Trainer` runs them through its
+one loop and step (``Trainer.from_config`` for ``--model m2``). The per-epoch metrics add
+``test_accuracy`` (arg-max of q(y|x) on the test set) to the
 trainer's ELBOs (y drawn from q(y|x), analytic KL at both sites).
 """
 
 from __future__ import annotations
 
 import math
-import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
-from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO
 
-from pyro_vae.config import Config
 from pyro_vae.data.datasets import DataSet
 from pyro_vae.data.preparation import binarize
-from pyro_vae.errors import ConfigError, TrainingDivergedError
-from pyro_vae.infer.trainer import NonFiniteStepError, Trainer
+from pyro_vae.errors import ConfigError
+from pyro_vae.infer.batches import Batch
 from pyro_vae.models.m2 import SemiSupervisedVAE
 
 
@@ -53,93 +55,91 @@ def labelled_subset(y: torch.Tensor, num_labels: int, num_classes: int, seed: in
     return torch.cat(chosen).sort().values.to(y.device)
 
 
-class SemiSupervisedTrainer(Trainer):
-    """The :class:`~pyro_vae.infer.trainer.Trainer` of an M2 model (module docstring): same
-    checkpoints, history, divergence handling and run folders; its own step."""
+class SemiSupervisedELBO(ELBO):
+    """M2's whole objective (module docstring) as one Pyro ELBO over one unlabelled and one
+    labelled mini-batch: ``differentiable_loss(model, guide, x_u, pos_u, x_l, y_l, pos_l, β)``
+    is U through ``TraceEnum_ELBO`` (y enumerated in the guide), L through ``Trace_ELBO``
+    (y observed) and the classification term through ``Trace_ELBO`` on ``vae``'s
+    ``classify_model`` / ``classify_guide``; each is unbiased for its sum over the whole data
+    set, so the sum is unbiased for the paper's objective."""
 
-    def __init__(self, vae: SemiSupervisedVAE, data: DataSet, config: Config | None = None, *,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(self, vae: SemiSupervisedVAE) -> None:
+        super().__init__(max_plate_nesting=1)
+        self.vae = vae
+        self.unlabelled = TraceEnum_ELBO(max_plate_nesting=1)
+        self.labelled = Trace_ELBO()  # y observed: nothing to enumerate
+        self.classification = Trace_ELBO()
+
+    def differentiable_loss(self, model, guide, x_u, pos_u, x_l, y_l, pos_l, beta=1.0
+                            ) -> torch.Tensor:
+        loss = self.unlabelled.differentiable_loss(model, guide, x_u, None, pos_u, beta)
+        loss = loss + self.labelled.differentiable_loss(model, guide, x_l, y_l, pos_l, beta)
+        return loss + self.classification.differentiable_loss(
+            self.vae.classify_model, self.vae.classify_guide, x_l, y_l, pos_l)
+
+    def _get_trace(self, model, guide, args, kwargs):
+        raise NotImplementedError("SemiSupervisedELBO sums three ELBOs over two batches, with no "
+                                  "single trace: use loss, loss_and_grads or differentiable_loss")
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return float(self.differentiable_loss(model, guide, *args, **kwargs))
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward()
+        return float(loss.detach())
+
+
+class LabelledBatches:
+    """M2's mini-batches: one pass over the unlabelled points per epoch in random batches of
+    ``batch_size``, each with the next ``min(batch_size, N_l)`` labelled points of a random
+    order cycled over the epoch. Sets ``vae.num_labelled`` / ``num_unlabelled`` (the sizes its
+    plates scale to)."""
+
+    def __init__(self, vae: SemiSupervisedVAE, data: DataSet, num_labels: int, seed: int,
+                 batch_size: int, dynamic_binarization: bool) -> None:
         if not isinstance(vae, SemiSupervisedVAE):
-            raise ConfigError("SemiSupervisedTrainer trains a SemiSupervisedVAE (--model m2)")
+            raise ConfigError("semi-supervised training takes a SemiSupervisedVAE (--model m2)")
         if data.y_train is None:
             raise ConfigError("--model m2 needs labelled training data (its labels are partly "
                               "hidden); choose a data set with labels")
-        config = (config or Config(dataset="file")).replace(jit=False)
-        self.labelled = labelled_subset(data.y_train, config.labels, vae.num_classes,
-                                        config.split_seed)
+        self.labelled = labelled_subset(data.y_train, num_labels, vae.num_classes, seed)
         mask = torch.ones(data.y_train.shape[0], dtype=torch.bool)
         mask[self.labelled.cpu()] = False
         self.unlabelled = mask.nonzero().squeeze(-1).to(data.y_train.device)
         vae.num_labelled, vae.num_unlabelled = len(self.labelled), len(self.unlabelled)
-        self.aux_elbo = Trace_ELBO()
-        self.labelled_elbo = Trace_ELBO()  # y observed: nothing to enumerate
-        super().__init__(vae, data, config, device=device)
-        self.labelled, self.unlabelled = self.labelled.to(self.device), \
-            self.unlabelled.to(self.device)
-        self.steps_per_epoch = math.ceil(len(self.unlabelled) / self.config.batch_size)
+        self.vae, self.data, self.batch_size = vae, data, batch_size
+        self.dynamic = dynamic_binarization
+        self.steps_per_epoch = math.ceil(len(self.unlabelled) / batch_size)
 
-    def _objective(self):
-        return TraceEnum_ELBO(max_plate_nesting=1), self.vae.guide
+    def to(self, data: DataSet) -> LabelledBatches:
+        """The same split on ``data`` (the trainer's copy on its device)."""
+        self.data = data
+        device = data.x_train.device
+        self.labelled, self.unlabelled = self.labelled.to(device), self.unlabelled.to(device)
+        return self
 
-    def _loss(self, args: tuple, kwargs: dict) -> torch.Tensor:
-        x_u, pos_u, x_l, y_l, pos_l, beta = args
-        vae = self.vae
-        loss = self.elbo.differentiable_loss(vae.model, vae.guide, x_u, None, pos_u, beta)
-        loss = loss + self.labelled_elbo.differentiable_loss(vae.model, vae.guide, x_l, y_l,
-                                                             pos_l, beta)
-        return loss + self.aux_elbo.differentiable_loss(vae.classify_model, vae.classify_guide,
-                                                        x_l, y_l, pos_l)
-
-    def train_epoch(self) -> dict[str, Any]:
-        cfg = self.config
+    def epoch(self) -> Iterator[Batch]:
         x_all, y_all = self.data.x_train, self.data.y_train
-        start = time.perf_counter()
-        for m in self.owners:
-            m.train()
-        order_u = torch.randperm(len(self.unlabelled)).to(self.device)
-        b_l = min(cfg.batch_size, len(self.labelled))
-        order_l = torch.randperm(len(self.labelled)).to(self.device)
-        total, points, skipped = 0.0, 0, 0
-        n = x_all.shape[0]
-        for step, pos_u in enumerate(order_u.split(cfg.batch_size)):
-            pos_l = order_l[(step * b_l + torch.arange(b_l, device=self.device))
-                            % len(self.labelled)]
+        device, n = x_all.device, x_all.shape[0]
+        order_u = torch.randperm(len(self.unlabelled)).to(device)
+        b_l = min(self.batch_size, len(self.labelled))
+        order_l = torch.randperm(len(self.labelled)).to(device)
+        for step, pos_u in enumerate(order_u.split(self.batch_size)):
+            pos_l = order_l[(step * b_l + torch.arange(b_l, device=device)) % len(self.labelled)]
             x_u, x_l = x_all[self.unlabelled[pos_u]], x_all[self.labelled[pos_l]]
-            if cfg.binarize == "dynamic":
+            if self.dynamic:
                 x_u, x_l = binarize(x_u), binarize(x_l)
             y_l = y_all[self.labelled[pos_l]]
-            beta = self.kl_schedule(self.global_step)
-            try:
-                with self.vae.trusted_inputs():
-                    loss = self._step((x_u, pos_u, x_l, y_l, pos_l, beta), {})
-            except NonFiniteStepError as bad:
-                if not cfg.skip_nonfinite:
-                    raise TrainingDivergedError(
-                        f"the loss or a gradient became {bad.args[0]} at epoch {self.epoch + 1}, "
-                        f"step {step + 1}; lower --lr or pass --skip-nonfinite") from None
-                skipped += 1
-            else:
-                total += loss / n * x_u.shape[0]
-                points += x_u.shape[0]
-            self.global_step += 1
-        metrics = self._end_epoch(total, points, skipped, time.perf_counter() - start)
-        metrics.update(self.evaluate())
-        self.history.append(metrics)
-        return metrics
+            yield Batch((x_u, pos_u, x_l, y_l, pos_l), int(x_u.shape[0]), n)
 
-    def evaluate(self) -> dict[str, float]:
-        metrics = super().evaluate()
-        if self.data.y_test is not None:
-            metrics["test_accuracy"] = self.vae.accuracy(self.data.x_test, self.data.y_test)
-        metrics["labelled_accuracy"] = self.vae.accuracy(
-            self.data.x_train[self.labelled], self.data.y_train[self.labelled])
-        return metrics
-
-
-def semi_supervised_trainer(config: Config, data: DataSet, device: torch.device | str = "cpu"
-                            ) -> SemiSupervisedTrainer:
-    """What :meth:`Trainer.from_config` builds for ``--model m2``."""
-    from pyro_vae.models.builder import build_vae
-
-    vae = build_vae(config, data.event_shape, data.x_train.shape[0], data.num_classes)
-    return SemiSupervisedTrainer(vae, data, config, device=device)
+    def metrics(self) -> dict[str, Any]:
+        """Classification accuracy of q(y|x) on the test set and on the labelled points."""
+        out = {}
+        data = self.data
+        if data.y_test is not None:
+            out["test_accuracy"] = self.vae.accuracy(data.x_test, data.y_test)
+        out["labelled_accuracy"] = self.vae.accuracy(data.x_train[self.labelled],
+                                                     data.y_train[self.labelled])
+        return out

@@ -1,45 +1,47 @@
-"""Stochastic variational inference for a :class:`~pyro_vae.vae.VAE`, epoch by epoch.
+"""Stochastic variational inference, epoch by epoch: the library's one training loop.
 
-The trainer keeps the data as tensors on the chosen device and cuts each mini-batch by
-indexing a random permutation; the batch's indices go to the ``"data"`` plate so that each
-step's loss estimates ``-ELBO`` of the whole training set (scale N/B). Every step it evaluates
-the KL schedule β(t) and passes it to model and guide.
+:class:`Trainer` trains a ``model`` / ``guide`` pair with any Pyro ELBO — Pyro's own, the
+library's gradient estimators (:mod:`~pyro_vae.infer.estimators`, :mod:`~pyro_vae.infer.binary`,
+:mod:`~pyro_vae.infer.discrete`), the importance-weighted objectives
+(:mod:`~pyro_vae.infer.importance`), M2's semi-supervised objective — and one torch optimizer
+over every trainable tensor (from a Pyro optimizer such as ``pyro.optim.Adam({"lr": 1e-3})`` or
+from the configuration). It owns epochs, batching (:mod:`~pyro_vae.infer.batches`), the KL
+weight β(t) and the relaxation temperature per step, non-finite steps, learning-rate schedules,
+evaluation, checkpoints (``state_dict``) and :attr:`~Trainer.history`. Semi-supervised
+training and the Lightning/DDP module (:mod:`~pyro_vae.infer.distributed`) run this loop's
+objective and step; nothing is written twice.
 
-One step is what ``pyro.infer.SVI.step`` does, driven more cheaply:
+One step (:mod:`~pyro_vae.infer.steps`) is what ``pyro.infer.SVI.step`` does, with a
+finiteness check before the update; it runs eagerly, through Pyro's JIT ELBO (``config.jit``,
+the default for the library's VAE) or as one compiled TorchInductor program (``config.compile``:
+by default for CPU runs of the library's VAE of at least :data:`COMPILE_MIN_STEPS` steps). The
+traced strategies check before every step that no Python value they froze has changed (the
+model's attributes, closure cells, globals) and re-trace when one has.
 
-1. ``loss = elbo.differentiable_loss(model, guide, x, y, indices, β)``: Pyro's own ELBO
-   (``Trace_ELBO``, ``TraceMeanField_ELBO`` or their JIT versions) on the unchanged ``model``
-   and ``guide``, returning the surrogate whose gradient is the ELBO gradient estimate;
-2. ``loss.backward()``;
-3. a finiteness check of the loss and of every gradient entry: a NaN or infinite value
-   never reaches the parameters (the run stops with :class:`TrainingDivergedError` naming the
-   epoch and step or, with ``skip_nonfinite``, the step is skipped and counted);
-4. one ``torch.optim`` optimizer step over every trainable tensor (network weights and the
-   unconstrained ``pyro.param`` values) at once.
+Each step's mini-batch indices go to the model's data plate, so its loss estimates −ELBO of the
+whole training set (scale N/B); ``train_loss`` in the history is that loss per point (the
+model's own plate size read off a trace).
 
-With ``config.compile`` (``--compile``; by default for CPU runs of at least
-:data:`COMPILE_MIN_STEPS` steps) every full mini-batch after the first runs steps 1–4 as one
-TorchInductor program instead (:mod:`pyro_vae.infer.compiled`): the same ELBO on the same
-``model`` and ``guide``, traced with its gradient, the finiteness flag and Adam's update. The
-trainer falls back to the steps above, for good, if the step cannot be traced or compiled.
-
-Distribution and trace validation (``pyro.enable_validation``) runs on the first step of a
-trainer, which checks every site's arguments and support once; later steps run with it off,
-since the same code meets tensors of the same kind. Training ``vae.model`` / ``vae.guide``
-with ``pyro.infer.SVI`` directly gives the same updates, only slower
-(``benchmarks/train_speed.py`` measures both against hand-written PyTorch).
+Parameters belong to modules: a second instance of a model that registers its networks with
+plain ``pyro.module`` under the same names finds the first instance's tensors in Pyro's param
+store, and ``SVI`` would step those while the forward pass uses its own
+(:func:`~pyro_vae.nn.module.shadowed_module_params`). The trainer makes each module's own
+tensors the store's before training (with a one-line warning), so the model that is trained is
+the one that runs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
+import types
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import pyro
+import pyro.infer
+import pyro.optim
 import torch
 from pyro import poutine
 from torch import nn
@@ -57,7 +59,7 @@ from pyro_vae.data.preparation import binarize, preprocess_data, train_eval_subs
 from pyro_vae.distributions.likelihoods import LIKELIHOODS
 from pyro_vae.errors import CheckpointError, ConfigError, TrainingDivergedError
 from pyro_vae.infer.annealing import KLSchedule
-from pyro_vae.infer.compiled import AdamUpdate, CompiledStep, NotCompilableError
+from pyro_vae.infer.batches import Batch, MiniBatches
 from pyro_vae.infer.discrete import DiscreteObjective, TemperatureSchedule
 from pyro_vae.infer.elbo import make_elbo
 from pyro_vae.infer.estimators import SCORE_FAMILY, mean_integrand, svi_objective
@@ -65,9 +67,13 @@ from pyro_vae.infer.evaluation import evaluate_elbo
 from pyro_vae.infer.importance import ImportanceWeightedELBO
 from pyro_vae.infer.optim import build_optimizer
 from pyro_vae.infer.problem import ProtocolProgram, describe
+from pyro_vae.infer.semi_supervised import LabelledBatches, SemiSupervisedELBO
+from pyro_vae.infer.steps import CompiledWholeStep, EagerStep, JitStep, NonFiniteStepError
 from pyro_vae.models.builder import build_vae
 from pyro_vae.models.discrete_vae import DiscreteVAE
+from pyro_vae.models.m2 import SemiSupervisedVAE
 from pyro_vae.models.vae import VAE, evaluating
+from pyro_vae.nn.module import adopt_module_params, shadowed_module_params
 from pyro_vae.resources import FLOAT_BYTES, check_memory, per_sample_elements
 from pyro_vae.sites import OBS_SCALE_PARAM
 
@@ -76,34 +82,6 @@ from pyro_vae.sites import OBS_SCALE_PARAM
 #: and saves 1–2.5 ms per step on the benchmark cases (BENCHMARKS.md), so shorter runs finish
 #: sooner on the JIT path.
 COMPILE_MIN_STEPS = 8000
-
-
-class NonFiniteStepError(Exception):
-    """A step's loss or gradient was NaN or infinite; ``args[0]`` is the loss."""
-
-
-def all_finite(loss: float, grads: list[torch.Tensor]) -> bool:
-    """True when ``loss`` and every gradient entry are finite.
-
-    The gradients are scanned in one pass by the kernel ``torch.amp.GradScaler`` uses to skip
-    steps with inf/NaN gradients (``torch._amp_foreach_non_finite_check_and_unscale_``, with a
-    scale of exactly 1, which leaves them unchanged): about 10 µs for a small network, against
-    60 µs for a total norm. Gradients on several devices or of mixed dtypes, which that kernel
-    rejects, are checked through their total 2-norm (finite exactly when every entry is, short
-    of overflow past 3e38).
-    """
-    if not math.isfinite(loss):
-        return False
-    if not grads:
-        return True
-    device = grads[0].device
-    found_inf = torch.zeros(1, device=device)
-    try:
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf,
-                                                         torch.ones(1, device=device))
-    except RuntimeError:
-        return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
-    return not found_inf.item()
 
 
 def trainable_params(model: Callable[..., Any], guide: Callable[..., Any], x: torch.Tensor,
@@ -116,7 +94,9 @@ def trainable_params(model: Callable[..., Any], guide: Callable[..., Any], x: to
     so that ``pyro.module`` registers the networks and each ``pyro.param`` is created; the
     random state is restored after, the ``owners`` modules are in eval mode (batch-norm
     statistics untouched) and no graph is built. For constrained params the tensor is the
-    unconstrained one, as ``SVI`` optimizes it.
+    unconstrained one, as ``SVI`` optimizes it. A module registered with ``pyro.module`` whose
+    name the store held with another instance's tensors gets its own tensors adopted by the
+    store (module docstring).
     """
     idx = torch.arange(x.shape[0], device=x.device)
     devices = [x.device] if x.device.type == "cuda" else []
@@ -124,6 +104,17 @@ def trainable_params(model: Callable[..., Any], guide: Callable[..., Any], x: to
             poutine.trace(param_only=True) as capture:
         guide(x, y, idx)
         model(x, y, idx)
+    shadowed = shadowed_module_params(capture.trace)
+    if shadowed:
+        modules = sorted({name.split("$$$")[0] for name in shadowed})
+        warnings.warn(f"pyro.module {', '.join(map(repr, modules))}: Pyro's param store held "
+                      "another instance's tensors under these names, which SVI would have "
+                      "trained instead of this model's; this model's own tensors now are the "
+                      "store's (register with pyro_vae.register_module, or call "
+                      "pyro.clear_param_store() before building a second instance, to say so)",
+                      stacklevel=3)
+        adopt_module_params(shadowed)
+        return trainable_params(model, guide, x, y, owners)
     found = {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
     return dict(sorted(found.items()))
 
@@ -163,44 +154,112 @@ class ModelGuide(nn.Module):
         self.nets = nn.ModuleDict(modules or {})
 
 
-class Trainer:
-    """Trains a model / guide pair on ``data`` with mini-batch SVI.
+def _is_loss(obj: Any) -> bool:
+    """A Pyro ELBO, or an object that computes a loss as one does."""
+    return isinstance(obj, pyro.infer.ELBO) or (
+        not isinstance(obj, (types.FunctionType, types.MethodType, nn.Module))
+        and (hasattr(obj, "differentiable_loss") or hasattr(obj, "loss_and_grads")))
 
-    :param vae: a :class:`~pyro_vae.models.vae.VAE`, or any object with ``.model`` and
-        ``.guide`` that follows the protocol (module docstring), or a model function (then
-        ``guide`` is required).
-    :param data: the :class:`~pyro_vae.data.DataSet` (already prepared:
+
+def _sort_arguments(model: Any, args: tuple, given: dict[str, Any]) -> dict[str, Any]:
+    """The trainer's arguments by kind, from positional ones in any order after the model
+    (a DataSet, a Config, a Pyro ELBO, a Pyro optimizer, a guide) and keywords."""
+    out = dict(given)
+    for arg in args:
+        if isinstance(arg, DataSet):
+            kind = "data"
+        elif isinstance(arg, Config):
+            kind = "config"
+        elif isinstance(arg, pyro.optim.PyroOptim):
+            kind = "optim"
+        elif _is_loss(arg):
+            kind = "loss"
+        elif callable(arg):
+            kind = "guide"
+        else:
+            raise ConfigError(f"Trainer got an argument of type {type(arg).__name__} it does not "
+                              "take; pass Trainer(model, guide, loss, optim, data, config) "
+                              "(a guide function, a Pyro ELBO, a pyro.optim optimizer, a "
+                              "pyro_vae.DataSet, a pyro_vae.Config)")
+        if out.get(kind) is not None:
+            raise ConfigError(f"Trainer got two {kind} arguments; pass one")
+        out[kind] = arg
+    return out
+
+
+def torch_optimizer(optim: pyro.optim.PyroOptim, params: list[torch.Tensor]
+                    ) -> torch.optim.Optimizer:
+    """One torch optimizer over every trainable tensor, of the class and options a Pyro
+    optimizer (``pyro.optim.Adam({"lr": 1e-3})``) would give each parameter: the same updates
+    as ``SVI`` with it, one call per step instead of one per parameter."""
+    if isinstance(optim, pyro.optim.PyroLRScheduler):
+        raise ConfigError("the trainer schedules the learning rate itself: pass a plain Pyro "
+                          "optimizer and Config(lr_schedule=...) instead of a scheduler")
+    options = optim.pt_optim_args
+    if callable(options):
+        raise ConfigError("the trainer steps every parameter with one optimizer: give the Pyro "
+                          "optimizer one dict of options, not a function of the parameter")
+    return optim.pt_optim_constructor(params, **options)
+
+
+class Trainer:
+    """Trains a model / guide pair on ``data`` with mini-batch SVI (module docstring).
+
+    Forms::
+
+        Trainer(model, guide, loss, optim, data, config)  # any order after the model
+        Trainer(vae, data, config)                          # an object with .model / .guide
+        Trainer.from_config(config, data)                   # the library's VAE, as the CLI
+
+    :param model: a model function (then ``guide`` is required), a
+        :class:`~pyro_vae.models.vae.VAE`, or any object with ``.model`` and ``.guide``. Model
+        and guide keep their own signatures: ``fn(x)``, ``fn(x, y)`` or the library's
+        ``fn(x, y, indices, beta)`` (:class:`~pyro_vae.infer.problem.ProtocolProgram`).
+    :param guide: a guide to train instead of the object's ``.guide``.
+    :param loss: any Pyro ELBO instance; default: the objective and estimator of ``config``.
+    :param optim: a Pyro optimizer (:func:`torch_optimizer`); default: ``config``'s
+        ``optimizer`` / ``lr`` / ``clip_norm``.
+    :param data: the :class:`~pyro_vae.data.DataSet` (prepared:
         :func:`~pyro_vae.data.prepare_data`).
-    :param config: the training options (``lr``, ``batch_size``, ``epochs``, ``elbo``,
-        ``num_particles``, KL schedule, ``binarize``, ...); options left unset take the defaults
-        of ``config.dataset`` (default ``Config(dataset="file")``). Its model options are not
-        used: the model is the one given, and a VAE's likelihood replaces ``config.likelihood``
-        (so binarization follows the model). JIT is off for a model that is not a
-        :class:`~pyro_vae.models.vae.VAE` unless ``config.jit`` is ``True``. The data goes
-        through :func:`~pyro_vae.data.preprocess_data` (binarization of the test set, support
-        checks), which leaves prepared data unchanged.
-    :param guide: a guide to train instead of ``vae.guide`` (same protocol).
+    :param config: epochs, batch size, KL schedule, JIT / compile, evaluation, ...; unset
+        options take the defaults of ``config.dataset`` (default ``Config(dataset="file")``).
+        A user's model gets no model defaults (likelihood, binarization) it does not read; a
+        VAE's likelihood replaces ``config.likelihood``.
     :param device: where the data and the model go.
 
     :attr:`history` holds one dict per completed epoch with ``train_loss`` (the optimized
     objective per point, β-weighted), ``train_elbo`` / ``train_recon`` / ``train_kl`` (on up to
     :data:`~pyro_vae.data.TRAIN_EVAL_POINTS` training points, β = 1), ``test_elbo`` /
-    ``test_recon`` / ``test_kl`` with standard errors, ``beta``, ``lr``, ``seconds`` and
-    ``skipped_steps``. :meth:`from_config` builds the model from a configuration, as the CLI does.
+    ``test_recon`` / ``test_kl`` with standard errors, ``beta``, ``lr``, ``seconds``,
+    ``skipped_steps`` and ``step_path``.
     """
 
-    def __init__(self, vae: Any, data: DataSet, config: Config | None = None, *,
-                 guide: Callable[..., Any] | None = None,
+    #: TorchInductor, or ``"aten"`` (the traced graph run op by op: for tests)
+    compile_backend = "inductor"
+
+    def __init__(self, model: Any, *args: Any, guide: Callable[..., Any] | None = None,
+                 loss: Any = None, optim: pyro.optim.PyroOptim | None = None,
+                 data: DataSet | None = None, config: Config | None = None,
                  device: torch.device | str = "cpu") -> None:
-        if isinstance(vae, Config):
+        if isinstance(model, Config):
             raise ConfigError("Trainer takes the model first: Trainer(vae, data, config); to "
                               "build the model from a configuration use "
                               "Trainer.from_config(config, data)")
+        given = _sort_arguments(model, args, dict(guide=guide, loss=loss, optim=optim,
+                                                  data=data, config=config))
+        guide, loss, optim, data, config = (given[k] for k in
+                                            ("guide", "loss", "optim", "data", "config"))
+        vae = model
         if not hasattr(vae, "model"):
             if not callable(vae) or guide is None:
                 raise ConfigError("Trainer needs a VAE (or an object with .model and .guide), "
-                                  "or a model function together with guide=...; pass one of those")
+                                  "or a model function together with a guide; pass one of those")
             vae = ModelGuide(vae, guide)
+            guide = None
+        elif not isinstance(vae, (VAE, DiscreteVAE, ModelGuide)):
+            # a user's object with .model / .guide of their own signatures
+            vae = ModelGuide(vae.model, vae.guide, bool(getattr(vae, "conditional", False)),
+                             {"model": vae} if isinstance(vae, nn.Module) else None)
         if not isinstance(data, DataSet):
             raise ConfigError(f"Trainer takes its data as a pyro_vae.DataSet, got "
                               f"{type(data).__name__}; build one with pyro_vae.load_dataset(...) "
@@ -208,16 +267,7 @@ class Trainer:
         if config is not None and not isinstance(config, Config):
             raise ConfigError(f"Trainer's config must be a pyro_vae.Config, got "
                               f"{type(config).__name__}; use Config(...) or Config.from_dict(d)")
-        given = config if config is not None else Config(dataset="file")
-        if given.jit is None and not isinstance(vae, VAE):
-            given = given.replace(jit=False)
-        if isinstance(vae, DiscreteVAE) and given.latent != vae.latent:
-            given = given.replace(latent=vae.latent, categories=vae.categories or
-                                  given.categories)  # the model's code decides the estimators
-        if isinstance(vae, VAE) and vae.likelihood.name in LIKELIHOODS:
-            # the model's own likelihood decides binarization and the data checks
-            given = given.replace(likelihood=vae.likelihood.name)
-        self.config = config = given.resolved()
+        self.config = config = self._resolve(vae, config, loss)
         self.device = torch.device(device)
         self.data = preprocess_data(data, config).to(self.device)
         n = data.x_train.shape[0]
@@ -231,8 +281,10 @@ class Trainer:
             if vae.conditional and data.y_train is None:
                 raise ConfigError("the model is conditional but the data has no labels; "
                                   "give labelled data or an unconditional model")
+        self.batches = self._batch_plan(vae, data)
         self.vae = vae.to(self.device) if isinstance(vae, nn.Module) else vae
-        self.user_guide = guide
+        self.batches.to(self.data)
+        self.user_guide, self.user_loss, self.user_optim = guide, loss, optim
         self.guide_fn = guide if guide is not None else vae.guide
         owner = guide_module(guide)
         if owner is not None:
@@ -244,19 +296,15 @@ class Trainer:
         self.discrete: DiscreteObjective | None = None
         self.temperature_schedule = TemperatureSchedule(
             config.temperature, config.temperature_min, config.temperature_decay)
-        self.elbo, self.guide_fn = self._objective()
-        self.model, self.guide = self._programs()
-        self.params = self._discover_params()
-        self.optimizer, self.scheduler = build_optimizer(config, self.params.values())
-        self._validated = False
-        self._compiled: set[int] = set()  # batch sizes the JIT ELBO is compiled for
-        self.steps_per_epoch = math.ceil(n / config.batch_size)
+        if loss is not None:
+            self.elbo = loss
+        else:
+            self.elbo, self.guide_fn = self._objective()
+        self.steps_per_epoch = self.batches.steps_per_epoch
         self._full_batch = min(config.batch_size, n)
-        #: the whole-step program (:class:`~pyro_vae.infer.compiled.CompiledStep`) once built
-        self.compiled_step: CompiledStep | None = None
-        #: why compiling was given up, if it was (training went on on the uncompiled path)
-        self.compile_failure: str | None = None
         self._compile_wanted = self._wants_compiled()
+        self.params = self._discover_params()
+        self._build_step()
         self.kl_schedule = KLSchedule.for_run(config, self.steps_per_epoch)
         self.epoch = 0
         #: the epoch of the last checkpoint written (by ``train_run``) or loaded, if any
@@ -266,16 +314,38 @@ class Trainer:
         self._plate_sizes: dict[int, int] = {}  # batch size → the data plate's full size
         self._x_eval_train, self._y_eval_train = train_eval_subset(config, self.data)
 
+    @staticmethod
+    def _resolve(vae: Any, config: Config | None, loss: Any) -> Config:
+        """The configuration resolved for this model: the library's VAE brings its likelihood
+        and code; a user's model takes no model-component defaults it does not read."""
+        given = config if config is not None else Config(dataset="file")
+        library = isinstance(vae, VAE)
+        if given.jit is None and (not library or loss is not None):
+            given = given.replace(jit=False)
+        if isinstance(vae, SemiSupervisedVAE):
+            given = given.replace(jit=False, model="m2")
+        if isinstance(vae, DiscreteVAE) and given.latent != vae.latent:
+            given = given.replace(latent=vae.latent, categories=vae.categories or
+                                  given.categories)  # the model's code decides the estimators
+        if library and vae.likelihood.name in LIKELIHOODS:
+            # the model's own likelihood decides binarization and the data checks
+            given = given.replace(likelihood=vae.likelihood.name)
+        return given.resolved(for_user_model=not library)
+
+    def _batch_plan(self, vae: Any, data: DataSet) -> Any:
+        cfg = self.config
+        dynamic = cfg.binarize == "dynamic"
+        if isinstance(vae, SemiSupervisedVAE):
+            return LabelledBatches(vae, data, cfg.labels, cfg.split_seed, cfg.batch_size, dynamic)
+        return MiniBatches(data, cfg.batch_size, bool(getattr(vae, "conditional", False)),
+                           dynamic, drop_last=cfg.estimator == "score-avg")
+
     @classmethod
     def from_config(cls, config: Config, data: DataSet,
                     device: torch.device | str = "cpu") -> Trainer:
         """The trainer of the VAE that ``config`` describes (what ``pyro-vae train`` runs)."""
         config = config.resolved()
         pyro.clear_param_store()
-        if config.model == "m2":
-            from pyro_vae.infer.semi_supervised import semi_supervised_trainer
-
-            return semi_supervised_trainer(config, data, device)
         vae = build_vae(config, data.event_shape, num_data=data.x_train.shape[0],
                         num_classes=data.num_classes)
         draws = min(config.batch_size, data.x_train.shape[0]) * config.num_particles \
@@ -289,14 +359,17 @@ class Trainer:
                      "lower --eval-samples")
         return cls(vae, data, config, device=device)
 
-    # ------------------------------------------------------------------ programs for SVI
+    # ------------------------------------------------------------------ objective and step
     def _objective(self) -> tuple[Any, Callable[..., Any]]:
-        """The loss and the guide that training uses: Pyro's ELBO (JIT-compiled by default);
-        an importance-weighted objective with a pathwise estimator
-        (:class:`~pyro_vae.infer.importance.ImportanceWeightedELBO`); or, for a
-        score-function estimator, ``TraceGraph_ELBO`` with the guide's ``"z"`` made
-        non-reparameterized (:func:`~pyro_vae.infer.estimators.svi_objective`)."""
+        """The loss and the guide that ``config`` trains: Pyro's ELBO (JIT-compiled by
+        default); an importance-weighted objective with a pathwise estimator
+        (:class:`~pyro_vae.infer.importance.ImportanceWeightedELBO`); a score-function
+        estimator (:func:`~pyro_vae.infer.estimators.svi_objective`); a discrete code's
+        estimator (:class:`~pyro_vae.infer.discrete.DiscreteObjective`); or M2's
+        semi-supervised objective."""
         cfg = self.config
+        if isinstance(self.vae, SemiSupervisedVAE):
+            return SemiSupervisedELBO(self.vae), self.guide_fn
         if cfg.estimator in SCORE_FAMILY or cfg.latent != "gaussian":
             kl = "analytic" if cfg.elbo == "meanfield" else "mc"
             offset = 0.0
@@ -320,83 +393,47 @@ class Trainer:
         if cfg.uses_custom_objective():
             return ImportanceWeightedELBO(cfg.objective, cfg.num_particles, cfg.num_groups,
                                           cfg.estimator, cfg.ciwae_beta), self.guide_fn
-        return make_elbo(cfg.elbo, cfg.num_particles, cfg.jit), self.guide_fn
-
-    def _programs(self):
-        """Model and guide as SVI sees them. With JIT, every positional argument must be a
-        tensor and the batch size is a keyword, so each batch size compiles once."""
-        vae_model, vae_guide = self.model_fn, self.guide_fn
-        if not self.config.jit:
-            return vae_model, vae_guide
-        if self.conditional:
-            def model(x, y, indices, beta, batch_size=None):
-                return vae_model(x, y, indices, beta)
-
-            def guide(x, y, indices, beta, batch_size=None):
-                return vae_guide(x, y, indices, beta)
-        else:
-            def model(x, indices, beta, batch_size=None):
-                return vae_model(x, None, indices, beta)
-
-            def guide(x, indices, beta, batch_size=None):
-                return vae_guide(x, None, indices, beta)
-        return model, guide
+        return make_elbo(cfg.elbo, cfg.num_particles, jit=False), self.guide_fn
 
     def _discover_params(self) -> dict[str, torch.Tensor]:
         y = self.data.y_train[:2] if self.conditional else None
-        return trainable_params(self.vae.model, self.guide_fn, self.data.x_train[:2], y,
+        return trainable_params(self.model_fn, self.guide_fn, self.data.x_train[:2], y,
                                 self.owners)
 
-    def _loss(self, args: tuple, kwargs: dict) -> torch.Tensor:
-        if not self.config.jit:
-            return self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
-        # Run the traced graph op by op, so that autograd differentiates it as in eager mode:
-        # on CPU that is faster than the graph executor's own symbolic autodiff.
-        with torch.jit.optimized_execution(False):
-            return self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
+    def _build_optimizer(self) -> None:
+        params = list(self.params.values())
+        if self.user_optim is not None:
+            self.optimizer, self.scheduler = torch_optimizer(self.user_optim, params), None
+        else:
+            self.optimizer, self.scheduler = build_optimizer(self.config, params)
 
-    def _compile(self, args: tuple, kwargs: dict) -> None:
-        """Compile the JIT ELBO for this batch size ahead of the real step, with the random
-        state and the networks' buffers (batch-norm statistics) restored afterwards: compiling
-        runs model and guide several times, and a resumed run, which compiles again, must draw
-        the same numbers as an uninterrupted one."""
-        buffers = [b for m in self.owners for b in m.buffers()]
-        saved = [b.clone() for b in buffers]
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            self._loss(args, kwargs)
-        with torch.no_grad():
-            for b, v in zip(buffers, saved, strict=True):
-                b.copy_(v)
-        self._compiled.add(kwargs["batch_size"])
+    def _build_step(self) -> None:
+        """The optimizer over :attr:`params` and the step strategy (:mod:`~pyro_vae.infer.steps`):
+        eager, JIT (``config.jit``) or compiled whole with the other as its fallback."""
+        self._build_optimizer()
+        cfg, params = self.config, list(self.params.values())
+        model, guide = self.model_fn, self.guide_fn
+        if cfg.jit:
+            def fresh_jit_elbo() -> Any:
+                return make_elbo(cfg.elbo, cfg.num_particles, jit=True)
 
-    def _step(self, args: tuple, kwargs: dict) -> float:
-        """One optimization step on a mini-batch; returns the loss (-ELBO estimate, scaled to
-        the full data set). Raises :class:`NonFiniteStepError` without touching parameters."""
-        checking = contextlib.nullcontext() if not self._validated \
-            else pyro.validation_enabled(False)
-        with checking:
-            try:
-                if self.config.jit and kwargs["batch_size"] not in self._compiled:
-                    self._compile(args, kwargs)
-                loss = self._loss(args, kwargs)
-            except ValueError as exc:
-                # Distribution validation rejects NaN/inf parameters (e.g. logits of a decoder
-                # whose weights diverged, or an overflowing encoder scale): a divergence.
-                if "invalid values" not in str(exc):
-                    raise
-                raise NonFiniteStepError(float("nan")) from None
-        self._validated = True
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        value = float(loss.detach())
-        if not all_finite(value, [p.grad for p in self.params.values() if p.grad is not None]):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteStepError(value)
-        self.optimizer.step()
-        return value
+            base: EagerStep | JitStep = JitStep(fresh_jit_elbo, model, guide, params,
+                                                self.optimizer, self.owners)
+        else:
+            base = EagerStep(self.elbo, model, guide, params, self.optimizer)
+        #: the step strategy every mini-batch goes through
+        self.step: Any = base
+        if self._compile_wanted:
+            self.step = CompiledWholeStep(self.elbo, model, guide, params, self.optimizer,
+                                          base, self._full_batch, self.owners,
+                                          warn=bool(cfg.compile), backend=self.compile_backend)
 
-    # ------------------------------------------------------------------ compiled whole step
+    def loss(self, *args: Any) -> torch.Tensor:
+        """The differentiable loss of one mini-batch (a :class:`~pyro_vae.infer.batches.Batch`'s
+        ``args`` and β) — the trained objective, what the distributed module backpropagates."""
+        base = self.step.fallback if isinstance(self.step, CompiledWholeStep) else self.step
+        return base.loss(*args)
+
     def _wants_compiled(self) -> bool:
         """``config.compile``, or for ``None``: compile a long enough CPU run
         (:data:`COMPILE_MIN_STEPS`) of the library's own VAE with its diagonal guide."""
@@ -405,148 +442,82 @@ class Trainer:
             return cfg.compile
         total = cfg.epochs * self.steps_per_epoch
         return cfg.compile_unsupported() is None and self.device.type == "cpu" \
-            and type(self.vae) is VAE and self.user_guide is None and cfg.guide == "diag" \
-            and total >= COMPILE_MIN_STEPS
+            and type(self.vae) is VAE and self.user_guide is None and self.user_loss is None \
+            and cfg.guide == "diag" and total >= COMPILE_MIN_STEPS
 
     @property
     def step_path(self) -> str:
-        """How full mini-batches are stepped now: ``"compiled"``
-        (:mod:`~pyro_vae.infer.compiled`), ``"jit"`` (Pyro's JIT ELBO) or ``"eager"``."""
-        if self._compile_wanted:
-            return "compiled"
-        return "jit" if self.config.jit else "eager"
+        """How full mini-batches are stepped now: ``"compiled"``, ``"jit"`` or ``"eager"``."""
+        step = self.step
+        while step.failure if isinstance(step, (CompiledWholeStep, JitStep)) else False:
+            step = step.fallback
+        return step.name
 
-    def _build_compiled_step(self) -> CompiledStep:
-        """The objective the uncompiled path uses — Pyro's eager ``Trace_ELBO`` /
-        ``TraceMeanField_ELBO`` (the graph JIT would trace) or the importance-weighted ELBO — on
-        the same model and guide, as one compiled step."""
-        cfg = self.config
-        elbo = self.elbo if cfg.uses_custom_objective() \
-            else make_elbo(cfg.elbo, cfg.num_particles, jit=False)
-        model, guide = self.model_fn, self.guide_fn
-        if self.conditional:
-            def loss_fn(x, y, indices, beta):
-                return elbo.differentiable_loss(model, guide, x, y, indices, beta)
-        else:
-            def loss_fn(x, indices, beta):
-                return elbo.differentiable_loss(model, guide, x, None, indices, beta)
-        params = list(self.params.values())
-        adam = AdamUpdate.of(self.optimizer)
-        if adam is not None and adam.state(self.optimizer, params) is None:
-            adam = None  # a param without Adam state yet: the optimizer steps it
-        return CompiledStep(loss_fn, params, modules=self.owners, adam=adam)
-
-    def _compiled_step(self, x, y, idx, beta: float) -> float:
-        """One optimization step through the compiled program; like :meth:`_step`. If the step
-        cannot be compiled, training goes on on the uncompiled path (with a warning when
-        ``--compile`` was asked for)."""
-        b = torch.tensor(beta, device=self.device)
-        args = (x, y, idx, b) if self.conditional else (x, idx, b)
-        params = list(self.params.values())
-        try:
-            if self.compiled_step is None:
-                self.compiled_step = self._build_compiled_step()
-            adam = self.compiled_step.adam
-            state = adam.state(self.optimizer, params) if adam is not None else ()
-            loss, finite, grads = self.compiled_step(params, *args, state=state)
-        except NotCompilableError as exc:
-            self._compile_wanted, self.compile_failure = False, str(exc)
-            if self.config.compile:
-                warnings.warn(f"--compile: {exc}; training goes on without it", stacklevel=2)
-            return self._step(*self._step_args(x, y, idx, beta))
-        value = float(loss)
-        if not bool(finite):  # nothing was updated
-            raise NonFiniteStepError(value)
-        if adam is not None:  # the update ran inside the program
-            return value
-        unused = self.compiled_step.unused_params(args)
-        for i, (p, g) in enumerate(zip(params, grads, strict=True)):
-            p.grad = None if i in unused else g  # as autograd leaves it: Adam skips it
-        self.optimizer.step()
-        return value
-
-    def _step_args(self, x, y, idx, beta: float) -> tuple[tuple, dict]:
-        if not self.config.jit:
-            return (x, y, idx, beta), {}
-        b = torch.tensor(beta, device=self.device)
-        args = (x, y, idx, b) if self.conditional else (x, idx, b)
-        return args, {"batch_size": int(x.shape[0])}
+    @property
+    def compile_failure(self) -> str | None:
+        """Why the compiled step was given up, if it was (training went on without it)."""
+        return self.step.failure if isinstance(self.step, CompiledWholeStep) else None
 
     # ------------------------------------------------------------------ the loop
     def train_epoch(self) -> dict[str, Any]:
         """One pass over the training data in random mini-batches; returns the epoch's metrics."""
         cfg = self.config
-        x_all, y_all = self.data.x_train, self.data.y_train
-        n = x_all.shape[0]
         start = time.perf_counter()
-        perm = torch.randperm(n).to(self.device)
         total, points, skipped = 0.0, 0, 0
         for m in self.owners:
             m.train()
-        batches = list(perm.split(cfg.batch_size))
-        if cfg.estimator == "score-avg" and len(batches) > 1 \
-                and batches[-1].shape[0] < cfg.batch_size:
-            # Pyro's decaying-average baseline keeps one average per batch slot, of the
-            # batch's shape: a smaller last batch cannot use it, so it is left out (its points
-            # fall into full batches in other epochs)
-            batches.pop()
+        if isinstance(self.step, (JitStep, CompiledWholeStep)):
+            self.step.check()  # a Python value the traced step froze changed since: re-trace
         trusted = self.vae.trusted_inputs if isinstance(self.vae, VAE) \
             else contextlib.nullcontext
-        for step, idx in enumerate(batches):
-            x = x_all[idx]
-            if cfg.binarize == "dynamic":
-                x = binarize(x)
-            y = None if y_all is None else y_all[idx]
+        for step, batch in enumerate(self.batches.epoch()):
             beta = self.kl_schedule(self.global_step)
             if self.discrete is not None and self.discrete.temperature is not None:
                 self.discrete.set_temperature(self.temperature_schedule(self.global_step))
-            y_step = y if self.conditional else None
             try:
                 with trusted():
-                    if self._compile_wanted and self._validated \
-                            and x.shape[0] == self._full_batch:
-                        loss = self._compiled_step(x, y_step, idx, beta)
-                    else:
-                        loss = self._step(*self._step_args(x, y_step, idx, beta))
+                    loss = self.step(*batch.args, beta)
             except NonFiniteStepError as bad:
                 if not cfg.skip_nonfinite:
-                    kept = (f"the last checkpoint (epoch {self.checkpoint_epoch}) is kept"
-                            if self.checkpoint_epoch else "no checkpoint had been written")
-                    raise TrainingDivergedError(
-                        f"the loss or a gradient became {bad.args[0]} at epoch {self.epoch + 1}, "
-                        f"step {step + 1}; {kept}: lower --lr, use --optimizer clipped-adam, or "
-                        "pass --skip-nonfinite"
-                    ) from None
+                    raise self.diverged(bad.args[0], step + 1) from None
                 skipped += 1
-                loss = float("nan")
             else:
-                # the loss estimates -(objective summed over the data plate's full size, N for
-                # a subsampled plate, the batch for a model whose plate is the batch): per
-                # point, loss / full size
-                total += loss / self._plate_size(x, y_step, idx) * x.shape[0]
-                points += x.shape[0]
+                total += loss / self.full_size(batch) * batch.points
+                points += batch.points
             self.global_step += 1
         metrics = self._end_epoch(total, points, skipped, time.perf_counter() - start)
         metrics["step_path"] = self.step_path
         if self.discrete is not None and self.discrete.temperature is not None:
             metrics["temperature"] = self.discrete.temperature
         metrics.update(self.evaluate())
-        scale = self.vae.obs_scale() if isinstance(self.vae, VAE) else None
-        if scale is not None:
-            metrics["obs_scale"] = float(scale.detach())
-        elif OBS_SCALE_PARAM in pyro.get_param_store():
-            metrics["obs_scale"] = float(pyro.param(OBS_SCALE_PARAM).detach())
         self.history.append(metrics)
         return metrics
 
-    def _plate_size(self, x: torch.Tensor, y: torch.Tensor | None, idx: torch.Tensor) -> int:
-        """The full size of the model's data plate for a batch of this size (read off a trace
-        once per batch size: N for the library's subsampled plate, B for a plate over the
-        batch as it is)."""
+    def diverged(self, value: float, step: int) -> TrainingDivergedError:
+        """The error of a non-finite step (the loss ``value``) at ``step`` of this epoch."""
+        kept = (f"the last checkpoint (epoch {self.checkpoint_epoch}) is kept"
+                if self.checkpoint_epoch else "no checkpoint had been written")
+        return TrainingDivergedError(
+            f"the loss or a gradient became {value} at epoch {self.epoch + 1}, step {step}; "
+            f"{kept}: lower --lr, use --optimizer clipped-adam, or pass --skip-nonfinite")
+
+    def full_size(self, batch: Batch) -> int:
+        """The full size of the model's data plate for this batch (read off a trace once per
+        batch size: N for a subsampled plate, B for a plate over the batch as it is)."""
+        if batch.full_size is not None:
+            return batch.full_size
+        x, y, idx = batch.args
         if x.shape[0] not in self._plate_sizes:
-            plate = describe(self.vae.model, None, x, y, idx).plate
+            plate = describe(self.model_fn, None, x, y, idx).plate
             self._plate_sizes[x.shape[0]] = plate.full_size
         return self._plate_sizes[x.shape[0]]
+
+    def use_data(self, data: DataSet) -> None:
+        """Train and evaluate on ``data`` (the same data set, moved: a distributed worker's
+        copy on its device)."""
+        self.data = data
+        self.batches.to(data)
+        self._x_eval_train, self._y_eval_train = train_eval_subset(self.config, data)
 
     def _end_epoch(self, total: float, points: int, skipped: int, seconds: float
                    ) -> dict[str, Any]:
@@ -567,13 +538,15 @@ class Trainer:
         return self.history
 
     def evaluate(self) -> dict[str, float]:
-        """ELBO, reconstruction and KL per point on the test set and a training subset.
+        """ELBO, reconstruction and KL per point on the test set and a training subset, the
+        batch plan's own metrics (M2's accuracies) and a learned observation scale.
 
         :raises TrainingDivergedError: when the networks' outputs are no longer finite (torch's
             distributions refuse NaN parameters), which ``--skip-nonfinite`` cannot skip."""
         try:
-            return epoch_metrics(self.vae, self.data, self._x_eval_train, self._y_eval_train,
-                                 self.config.eval_samples, guide=self.user_guide)
+            metrics = epoch_metrics(self.vae, self.data, self._x_eval_train,
+                                    self._y_eval_train, self.config.eval_samples,
+                                    guide=self.user_guide)
         except ValueError as exc:
             if "constraint" not in str(exc) and "invalid values" not in str(exc):
                 raise
@@ -582,6 +555,13 @@ class Trainer:
             raise TrainingDivergedError(
                 f"the model's outputs became NaN or infinite by epoch {self.epoch} (found while "
                 f"evaluating it); {kept}: lower --lr or use --optimizer clipped-adam") from None
+        metrics.update(self.batches.metrics())
+        scale = self.vae.obs_scale() if isinstance(self.vae, VAE) else None
+        if scale is not None:
+            metrics["obs_scale"] = float(scale.detach())
+        elif OBS_SCALE_PARAM in pyro.get_param_store():
+            metrics["obs_scale"] = float(pyro.param(OBS_SCALE_PARAM).detach())
+        return metrics
 
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -590,7 +570,8 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint payload (:mod:`pyro_vae.checkpoint`) of the model, guide, optimizer,
         random state and history."""
-        built_in = isinstance(self.vae, VAE) and self.user_guide is None
+        built_in = isinstance(self.vae, VAE) and self.user_guide is None \
+            and self.user_loss is None
         return checkpoint_payload(
             self.vae, config=self.config if built_in else None, guide=self.user_guide,
             data=data_description(self.vae, self.data.x_train.shape[0], self.data.num_classes),
@@ -608,7 +589,7 @@ class Trainer:
                 f" this model {list(self.params)}: it was written for another configuration; "
                 "use the same options, or train afresh"
             )
-        self.optimizer, self.scheduler = build_optimizer(self.config, self.params.values())
+        self._build_step()
         self.optimizer.load_state_dict(saved["state"])
         if self.scheduler is not None and saved["scheduler"] is not None:
             self.scheduler.load_state_dict(saved["scheduler"])

@@ -34,6 +34,9 @@ from torch.distributions import constraints, transform_to
 
 from pyro_vae.errors import ConfigError
 
+#: what ``pyro.module`` puts between the module's name and a parameter's (``"$$$"``)
+_MODULE_DIVIDER = param_with_module_name("", "")
+
 # id(tensor) -> tensor, for every tensor a pyro-vae model placed in the store (weak: a model
 # that is garbage-collected leaves no entry)
 _OWNED: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
@@ -44,9 +47,10 @@ def _owned(tensor: torch.Tensor) -> bool:
 
 
 def _claim(name: str, unconstrained: torch.Tensor, constraint: constraints.Constraint) -> None:
-    """Make ``unconstrained`` the store's tensor for ``name`` (see the module docstring)."""
+    """Make ``unconstrained`` the store's tensor for ``name`` (see the module docstring), through
+    the store's public ``named_parameters`` / ``__delitem__`` / ``set_state``."""
     store = pyro.get_param_store()
-    held = store._params.get(name)
+    held = dict(store.named_parameters()).get(name)
     if held is unconstrained:
         return
     if held is not None:
@@ -60,11 +64,9 @@ def _claim(name: str, unconstrained: torch.Tensor, constraint: constraints.Const
             with torch.no_grad():
                 unconstrained.copy_(held.to(unconstrained.device, unconstrained.dtype))
         del store[name]
-    # ParamStoreDict has no public call that stores a given unconstrained tensor itself
-    # (__setitem__ transforms, which makes a copy for constrained params): fill its three maps
-    store._params[name] = unconstrained
-    store._param_to_name[unconstrained] = name
-    store._constraints[name] = constraint
+    # set_state stores the given unconstrained tensor itself (``store[name] = v`` would store
+    # a transformed copy for a constrained param)
+    store.set_state({"params": {name: unconstrained}, "constraints": {name: constraint}})
     _OWNED[id(unconstrained)] = unconstrained
 
 
@@ -92,6 +94,28 @@ def module_of(fn: object) -> nn.Module | None:
     return owner if isinstance(owner, nn.Module) else None
 
 
-def module_param_names(name: str, module: nn.Module) -> list[str]:
-    """The param-store names ``pyro.module(name, module)`` uses for ``module``'s parameters."""
-    return [param_with_module_name(name, p) for p, _ in module.named_parameters()]
+def shadowed_module_params(trace: pyro.poutine.Trace) -> dict[str, torch.Tensor]:
+    """The parameters a ``pyro.module`` call in ``trace`` (a ``param_only`` trace) registered
+    while the store already held *another* tensor under the same name, by store name: the
+    module's forward pass uses its own tensor (the site's ``args[1]``), SVI steps the store's
+    (the site's value), which gets no gradient — a second instance of a model registered under
+    the same module name, the commonest way a Pyro model silently fails to train."""
+    shadowed = {}
+    for name, site in trace.nodes.items():
+        if site["type"] != "param" or _MODULE_DIVIDER not in name or len(site["args"]) < 2:
+            continue
+        own = site["args"][1]
+        if isinstance(own, nn.Parameter) and own is not site["value"]:
+            shadowed[name] = own
+    return shadowed
+
+
+def adopt_module_params(params: dict[str, torch.Tensor]) -> None:
+    """Make each module's own tensor the store's under its name (what :func:`register_module`
+    does before registering; the store's previous tensor, another instance's, is dropped from
+    the store but stays that instance's own weight)."""
+    store = pyro.get_param_store()
+    for name, own in params.items():
+        if name in store:
+            del store[name]
+        store.set_state({"params": {name: own}, "constraints": {name: constraints.real}})
