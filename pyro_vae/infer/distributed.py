@@ -27,7 +27,9 @@ Needs the optional extra: ``pip install "pyro-vae[lightning]"``.
 
 from __future__ import annotations
 
+import datetime
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -56,6 +58,10 @@ def _require_lightning() -> None:
                           "'pyro-vae[lightning]' (or pip install lightning); "
                           "or use --strategy single")
 
+
+#: how long the workers of a DDP run wait for each other to join before the run stops with a
+#: one-line error (torch's default is 30 minutes, Lightning's the same)
+RENDEZVOUS_SECONDS = 60
 
 _LightningModule = L.LightningModule if L is not None else torch.nn.Module
 
@@ -186,9 +192,19 @@ def train_distributed(config: Config, data: DataSet,
     module = VAELightningModule(config, data)
     accelerator = {"auto": "auto"}.get(config.device,
                                        "gpu" if config.device.startswith("cuda") else "cpu")
+    if accelerator == "gpu" and config.devices > torch.cuda.device_count():
+        raise ConfigError(f"--devices {config.devices} asks for more GPUs than this machine has "
+                          f"({torch.cuda.device_count()}); give at most that many")
+    if accelerator == "cpu" and config.devices > (os.cpu_count() or 1):
+        raise ConfigError(f"--devices {config.devices} asks for more CPU worker processes than "
+                          f"this machine has cores ({os.cpu_count()}); give at most that many")
+    from lightning.pytorch.strategies import DDPStrategy
+
+    strategy = DDPStrategy(timeout=datetime.timedelta(seconds=RENDEZVOUS_SECONDS)) \
+        if config.strategy == "ddp" else config.strategy
     trainer = L.Trainer(
         accelerator=accelerator, devices=config.devices, num_nodes=config.num_nodes,
-        strategy=config.strategy, max_epochs=config.epochs, logger=False,
+        strategy=strategy, max_epochs=config.epochs, logger=False,
         enable_checkpointing=False, enable_model_summary=False,
         enable_progress_bar=progress,
         use_distributed_sampler=True, num_sanity_val_steps=0,
@@ -197,7 +213,15 @@ def train_distributed(config: Config, data: DataSet,
         torch.utils.data.TensorDataset(torch.arange(data.x_train.shape[0])),
         batch_size=config.batch_size, shuffle=True)
     start = time.perf_counter()
-    trainer.fit(module, loader)
+    try:
+        trainer.fit(module, loader)
+    except (RuntimeError, torch.distributed.DistStoreError) as exc:
+        if "timed out" not in str(exc).lower() and "timeout" not in str(exc).lower():
+            raise
+        raise ConfigError(f"the {config.devices * config.num_nodes} DDP workers did not all join "
+                          f"within {RENDEZVOUS_SECONDS} s (--num-nodes {config.num_nodes}: start "
+                          "the same command on every node, with MASTER_ADDR / MASTER_PORT / "
+                          "NODE_RANK set), or use --num-nodes 1") from None
     seconds = time.perf_counter() - start
     flat = module.flat_parameters()
     spread = 0.0

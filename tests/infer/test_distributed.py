@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pyro_vae import ConfigError, load_run
+from pyro_vae import ConfigError, TrainingDivergedError, load_run
 from pyro_vae.config import Config
 from tests.common import forked_run
 
@@ -72,3 +72,64 @@ def test_a_one_worker_ddp_run_of_the_default_model_evaluates_like_the_trainer(tm
     run = load_run(tmp_path / "run")
     assert [h["epoch"] for h in run.history] == [1, 2]
     assert (tmp_path / "run" / "figures" / "samples.png").exists()
+
+
+def test_missing_nodes_stop_the_run_after_the_rendezvous_timeout(monkeypatch):
+    """--num-nodes 2 with no second node: a one-line error after RENDEZVOUS_SECONDS, never a
+    wait forever (torch's own default is 30 minutes)."""
+    import time
+
+    from pyro_vae.data import prepare_data
+    from pyro_vae.infer import distributed
+
+    monkeypatch.setattr(distributed, "RENDEZVOUS_SECONDS", 3)
+    monkeypatch.setenv("MASTER_PORT", "29517")
+    config = Config(dataset="digits", max_train=64, max_test=32, hidden=(8,), epochs=1,
+                    batch_size=32, strategy="ddp", num_nodes=2).resolved()
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"did not all join within 3 s.*--num-nodes 1"):
+        distributed.train_distributed(config, prepare_data(config), progress=False)
+    assert time.perf_counter() - start < 60
+
+
+def test_more_devices_than_cores_are_refused_before_starting():
+    import os
+
+    from pyro_vae.data import prepare_data
+    from pyro_vae.infer import distributed
+
+    n = (os.cpu_count() or 1) + 1
+    config = Config(dataset="digits", max_train=64, max_test=32, hidden=(8,), epochs=1,
+                    batch_size=32, strategy="ddp", devices=n).resolved()
+    with pytest.raises(ConfigError, match=f"--devices {n} asks for more CPU worker processes"):
+        distributed.train_distributed(config, prepare_data(config), progress=False)
+
+
+def test_ddp_skips_and_counts_non_finite_steps(monkeypatch):
+    """The trainer's finiteness guard on Lightning: with --skip-nonfinite two poisoned steps of
+    one worker are skipped and counted (a constant 0 before), the parameters stay finite."""
+    import torch
+
+    from pyro_vae.data import prepare_data
+    from pyro_vae.infer import distributed
+    from pyro_vae.infer.trainer import Trainer
+
+    real = Trainer.loss
+    calls = {"n": 0}
+
+    def poisoned(self, *args):
+        calls["n"] += 1
+        loss = real(self, *args)
+        return loss * float("inf") if calls["n"] in (1, 3) else loss
+
+    monkeypatch.setattr(Trainer, "loss", poisoned)
+    monkeypatch.setenv("MASTER_PORT", "29518")
+    config = Config(dataset="digits", max_train=128, max_test=32, hidden=(8,), epochs=1,
+                    batch_size=32, strategy="ddp", skip_nonfinite=True).resolved()
+    result = distributed.train_distributed(config, prepare_data(config), progress=False)
+    assert result.payload["history"][0]["skipped_steps"] == 2
+    assert all(torch.isfinite(t).all() for t in result.payload["model"].values())
+    with pytest.raises(TrainingDivergedError, match="became inf at epoch 1, step 1"):
+        calls["n"] = 0
+        distributed.train_distributed(config.replace(skip_nonfinite=False),
+                                      prepare_data(config), progress=False)
