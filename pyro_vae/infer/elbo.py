@@ -18,7 +18,8 @@ that leave the compiled graph (Pyro's own ELBO, traced by :func:`pyro.ops.jit.tr
 
 * Pyro's ``JitTraceMeanField_ELBO`` looks up its cache under ``_loss_and_surrogate_loss`` but
   stores it under ``_differentiable_loss``, so it recompiles on every step;
-  :class:`FastJitTraceMeanField_ELBO` checks the attribute it actually stores.
+  :class:`FastJitTraceMeanField_ELBO` runs Pyro's method once and keeps the function it built
+  (neither class writes an attribute of Pyro's).
 * Every call of a compiled function (:class:`pyro.ops.jit.CompiledFunction`) looks each param up
   with ``pyro.param`` through the effect-handler stack and runs the graph under
   ``poutine.block`` + ``poutine.trace(param_only=True)``; on a small network that plumbing costs
@@ -28,7 +29,6 @@ that leave the compiled graph (Pyro's own ELBO, traced by :func:`pyro.ops.jit.tr
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import pyro
@@ -81,7 +81,27 @@ class DirectCall:
         return graph(*params, *args)
 
 
-class FastJitTrace_ELBO(JitTrace_ELBO):  # noqa: N801 (Pyro's naming)
+class _DirectlyCalled:
+    """Mixin of the two JIT ELBOs: the first call goes through Pyro's own method, which compiles
+    the loss and keeps it (in Pyro's own attribute, written by Pyro); later calls go to that
+    compiled function through :class:`DirectCall`, held in this class's own attribute."""
+
+    _direct: DirectCall | None = None
+    #: the attribute in which Pyro's class keeps its compiled function
+    _compiled_attribute = ""
+
+    def _call_compiled(self, first: Any, model, guide, args, kwargs):
+        compiled = getattr(self, self._compiled_attribute, None)
+        if self._direct is None or compiled is None or self._direct.function is not compiled:
+            result = first(model, guide, *args, **kwargs)
+            self._direct = DirectCall(getattr(self, self._compiled_attribute))
+            return result
+        kwargs["_pyro_model_id"] = id(model)  # as Pyro's method passes them
+        kwargs["_pyro_guide_id"] = id(guide)
+        return self._direct(*args, **kwargs)
+
+
+class FastJitTrace_ELBO(_DirectlyCalled, JitTrace_ELBO):  # noqa: N801 (Pyro's naming)
     """``JitTrace_ELBO`` whose compiled loss is called through :class:`DirectCall`, and whose
     :meth:`differentiable_loss` has the ELBO's gradient.
 
@@ -93,44 +113,26 @@ class FastJitTrace_ELBO(JitTrace_ELBO):  # noqa: N801 (Pyro's naming)
     and is right.) Here the value is detached: same value, the surrogate's gradient.
     """
 
+    _compiled_attribute = "_loss_and_surrogate_loss"
+
     def loss_and_surrogate_loss(self, model, guide, *args, **kwargs):
-        result = super().loss_and_surrogate_loss(model, guide, *args, **kwargs)
-        if not isinstance(self._loss_and_surrogate_loss, DirectCall):
-            self._loss_and_surrogate_loss = DirectCall(self._loss_and_surrogate_loss)
-        return result
+        return self._call_compiled(super().loss_and_surrogate_loss, model, guide, args, kwargs)
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         loss, surrogate_loss = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
         return loss.detach() + (surrogate_loss - surrogate_loss.detach())
 
 
-class FastJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):  # noqa: N801 (Pyro's naming)
+class FastJitTraceMeanField_ELBO(_DirectlyCalled, JitTraceMeanField_ELBO):  # noqa: N801
     """``JitTraceMeanField_ELBO`` that compiles once per signature instead of once per step,
-    and is called through :class:`DirectCall`."""
+    and is called through :class:`DirectCall`: Pyro 1.9.2's method looks its compiled function
+    up under ``_loss_and_surrogate_loss`` but stores it under ``_differentiable_loss``, so it
+    compiles again on every call; here Pyro's method runs once and its function is kept."""
+
+    _compiled_attribute = "_differentiable_loss"
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
-        kwargs["_pyro_model_id"] = id(model)
-        kwargs["_pyro_guide_id"] = id(guide)
-        if getattr(self, "_differentiable_loss", None) is None:
-            weakself = weakref.ref(self)
-
-            @pyro.ops.jit.trace(
-                ignore_warnings=self.ignore_jit_warnings, jit_options=self.jit_options
-            )
-            def differentiable_loss(*args, **kwargs):
-                kwargs.pop("_pyro_model_id")
-                kwargs.pop("_pyro_guide_id")
-                self = weakself()
-                loss = 0.0
-                for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-                    _, loss_particle = self._differentiable_loss_particle(
-                        model_trace, guide_trace
-                    )
-                    loss = loss + loss_particle / self.num_particles
-                return loss
-
-            self._differentiable_loss = DirectCall(differentiable_loss)
-        return self._differentiable_loss(*args, **kwargs)
+        return self._call_compiled(super().differentiable_loss, model, guide, args, kwargs)
 
 
 def particle_options(num_particles: int) -> dict:
