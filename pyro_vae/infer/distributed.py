@@ -124,7 +124,7 @@ class VAELightningModule(_LightningModule):
     def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
         (idx,) = batch
         step = self.batch(idx)
-        beta = self.kl_schedule(self.global_step)
+        beta = self.core.schedule(self.global_step, self.kl_schedule)  # β and τ, per step
         loss = self.core.loss(*step.args, beta)
         self._last_loss = float(loss.detach())
         if math.isfinite(self._last_loss):

@@ -471,9 +471,7 @@ class Trainer:
         trusted = self.vae.trusted_inputs if isinstance(self.vae, VAE) \
             else contextlib.nullcontext
         for step, batch in enumerate(self.batches.epoch()):
-            beta = self.kl_schedule(self.global_step)
-            if self.discrete is not None and self.discrete.temperature is not None:
-                self.discrete.set_temperature(self.temperature_schedule(self.global_step))
+            beta = self.schedule(self.global_step)
             try:
                 with trusted():
                     loss = self.step(*batch.args, beta)
@@ -492,6 +490,14 @@ class Trainer:
         metrics.update(self.evaluate())
         self.history.append(metrics)
         return metrics
+
+    def schedule(self, global_step: int, kl_schedule: KLSchedule | None = None) -> float:
+        """The per-step schedules at optimization step ``global_step``: sets the relaxation
+        temperature of a discrete code's objective and returns the KL weight β (from
+        ``kl_schedule``, default the trainer's own)."""
+        if self.discrete is not None and self.discrete.temperature is not None:
+            self.discrete.set_temperature(self.temperature_schedule(global_step))
+        return (kl_schedule or self.kl_schedule)(global_step)
 
     def diverged(self, value: float, step: int) -> TrainingDivergedError:
         """The error of a non-finite step (the loss ``value``) at ``step`` of this epoch."""

@@ -171,7 +171,18 @@ SMALL = dict(dataset="digits", hidden=(16,), latent_dim=2, max_train=128, max_te
 COMBOS = [dict(), dict(elbo="meanfield"), dict(objective="iwae", num_particles=3),
           dict(objective="iwae", estimator="dreg", num_particles=3),
           dict(objective="iwae", estimator="stl", num_particles=3),
-          dict(estimator="score"), dict(estimator="score-nn")]
+          dict(objective="miwae", num_particles=2, num_groups=2),
+          dict(objective="ciwae", num_particles=3), dict(objective="piwae", num_particles=3),
+          dict(estimator="stl"), dict(estimator="score"), dict(estimator="score-nn")]
+#: the distributed module takes every combination the single-process trainer does
+DDP_COMBOS = [*COMBOS, dict(estimator="score-avg"),
+              *(dict(latent="bernoulli", estimator=e, latent_dim=3,
+                     num_particles=2 if e in ("rloo", "vimco") else 1)
+                for e in ("score-nn", "vimco", "enum", "arm", "disarm", "rloo", "relaxed"))]
+
+
+def combo_id(combo: dict) -> str:
+    return "-".join(map(str, combo.values())) or "elbo"
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +192,7 @@ def digits():
     return prepare_data(Config(**SMALL).resolved())
 
 
-@pytest.mark.parametrize("combo", COMBOS, ids=lambda c: "-".join(map(str, c.values())) or "elbo")
+@pytest.mark.parametrize("combo", COMBOS, ids=combo_id)
 def test_compiled_and_jit_take_the_eager_first_steps(combo, digits, monkeypatch):
     monkeypatch.setattr(Trainer, "compile_backend", "aten")
     reference = first_steps(Config(**SMALL, **combo, jit=False, compile=False), digits, 3)
@@ -197,14 +208,14 @@ def test_compiled_and_jit_take_the_eager_first_steps(combo, digits, monkeypatch)
             assert torch.allclose(value, reference[1][name], atol=1e-5), name
 
 
-@pytest.mark.parametrize("combo", COMBOS, ids=lambda c: "-".join(map(str, c.values())) or "elbo")
+@pytest.mark.parametrize("combo", DDP_COMBOS, ids=combo_id)
 def test_the_distributed_module_trains_the_configured_objective(combo, digits):
     """DDP's training_step returns the loss the single-process trainer steps: same seed, same
     batch, same value and gradients (before this design it always trained Trace_ELBO)."""
     pytest.importorskip("lightning")
     from pyro_vae.infer.distributed import VAELightningModule
 
-    config = Config(**SMALL, **combo, strategy="ddp", jit=False).resolved()
+    config = Config(**{**SMALL, **combo}, strategy="ddp", jit=False).resolved()
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     module = VAELightningModule(config, digits)
