@@ -122,9 +122,12 @@ def elbo_terms(
     ``torch.distributions.kl_divergence`` — and by the same Monte Carlo draws otherwise (a
     closed form per site would be wrong for a hierarchy, whose prior of z1 depends on the draw
     of z2). The draws are vectorized over a particle plate, in chunks of at most
-    ``max_elements`` / (points × data dims) particles.
+    ``max_elements`` / (points × data dims) particles. ``problem``: the model's
+    :class:`~pyro_vae.infer.problem.Problem` described on an earlier batch (resized to this
+    one; described afresh when the traces no longer fit it).
     """
-    problem = problem or problem_of(vae, x, y, guide)
+    problem = problem.resized(x.shape[0]) if problem is not None \
+        else problem_of(vae, x, y, guide)
     dims = math.prod(x.shape[1:])
     chunk = max(1, min(num_samples, max_elements // max(1, x.shape[0] * dims)))
     recon = torch.zeros(x.shape[0], device=x.device)
@@ -134,6 +137,10 @@ def elbo_terms(
     while done < num_samples:
         k = min(chunk, num_samples - done)
         guide_tr, model_tr = problem.traces(x, y, k)
+        if done == 0 and not problem.describes(guide_tr, model_tr):
+            # a problem kept from earlier batches no longer fits (the model's sites changed)
+            problem = problem_of(vae, x, y, guide)
+            guide_tr, model_tr = problem.traces(x, y, k)
         terms = problem.log_weight_terms(guide_tr, model_tr, k)
         recon = recon + terms["log_lik"].sum(0) / num_samples
         if done == 0:
@@ -191,18 +198,27 @@ def _batched(
 def evaluate_elbo(
     vae: Any, x: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 1000,
     num_samples: int = 1, guide: Callable[..., Any] | None = None,
+    problems: dict[str, Problem] | None = None, key: str = "",
 ) -> dict[str, Estimate]:
     """Mean ELBO, reconstruction and KL per data point over ``x``, with standard errors, for
-    ``guide`` (default ``vae.guide``)."""
+    ``guide`` (default ``vae.guide``). The model is described once (:func:`problem_of`) and
+    the description reused for every chunk; ``problems`` keeps it under ``key`` across calls
+    (the trainer's per-epoch evaluation: describing costs a run of model and guide)."""
     check_inputs(vae, x, y, batch_size=batch_size, num_samples=num_samples)
     if isinstance(vae, torch.nn.Module):  # draws × points × the decoder's activations
         check_memory(f"{num_samples} ELBO samples per point",
                      num_samples * per_sample_elements(vae) * FLOAT_BYTES * 3,
                      "lower the ELBO samples")
         batch_size = min(batch_size, points_per_chunk(vae, num_samples))
+    cache = problems if problems is not None else {}
+
+    def chunk(xb, yb):
+        if key not in cache:
+            cache[key] = problem_of(vae, xb, yb, guide)
+        return elbo_terms(vae, xb, yb, num_samples, guide, problem=cache[key])
+
     with evaluating(*_owners(vae, guide)):
-        terms = _batched(lambda xb, yb: elbo_terms(vae, xb, yb, num_samples, guide), x, y,
-                         batch_size)
+        terms = _batched(chunk, x, y, batch_size)
     return {k: Estimate.of(v) for k, v in terms.items()}
 
 

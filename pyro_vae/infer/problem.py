@@ -353,6 +353,17 @@ class Problem:
         return {k: torch.as_tensor(v).expand(shape) if not isinstance(v, torch.Tensor)
                 else v.expand(shape) for k, v in out.items()}
 
+    def describes(self, guide_tr: poutine.Trace, model_tr: poutine.Trace) -> bool:
+        """True when the traces have the sites this problem was described from (the same
+        latent, observed and auxiliary sites): a problem kept from an earlier batch is still
+        the problem of these traces."""
+        model_sites = list(_sample_sites(model_tr))
+        latent = tuple(s["name"] for s in model_sites if not s["is_observed"])
+        observed = {s["name"] for s in model_sites if s["is_observed"]}
+        guided = {s["name"] for s in _sample_sites(guide_tr) if not s["is_observed"]}
+        return latent == self.latent_names and observed == set(self.observed) \
+            and guided == set(self.latent_names) | set(self.auxiliary)
+
     def log_weights(self, x, y=None, num_particles: int = 1,
                     guide: Callable[..., Any] | None = None) -> torch.Tensor:
         """log w = log p(x, z) − log q(z | x) for ``num_particles`` draws per point, ``(S, B)``."""

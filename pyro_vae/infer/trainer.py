@@ -121,16 +121,19 @@ def trainable_params(model: Callable[..., Any], guide: Callable[..., Any], x: to
 
 def epoch_metrics(vae: Any, data: DataSet, x_train: torch.Tensor,
                   y_train: torch.Tensor | None, num_samples: int,
-                  guide: Callable[..., Any] | None = None) -> dict[str, float]:
+                  guide: Callable[..., Any] | None = None,
+                  problems: dict[str, Any] | None = None) -> dict[str, float]:
     """``train_elbo`` / ``train_recon`` / ``train_kl`` on ``x_train`` (the subset of
     :func:`~pyro_vae.data.train_eval_subset`), ``test_*`` on the test set, each with its
-    ``*_se``."""
+    ``*_se``; ``problems`` keeps the model's description across epochs
+    (:func:`~pyro_vae.infer.evaluation.evaluate_elbo`)."""
     out: dict[str, float] = {}
     conditional = getattr(vae, "conditional", False)
     y_test = data.y_test if conditional else None
     y_train = y_train if conditional else None
     for split, x, y in (("train", x_train, y_train), ("test", data.x_test, y_test)):
-        for key, est in evaluate_elbo(vae, x, y, num_samples=num_samples, guide=guide).items():
+        for key, est in evaluate_elbo(vae, x, y, num_samples=num_samples, guide=guide,
+                                      problems=problems, key=split).items():
             out[f"{split}_{key}"] = est.mean
             out[f"{split}_{key}_se"] = est.stderr
     return out
@@ -312,6 +315,7 @@ class Trainer:
         self.global_step = 0
         self.history: list[dict[str, Any]] = []
         self._plate_sizes: dict[int, int] = {}  # batch size → the data plate's full size
+        self._problems: dict[str, Any] = {}  # the evaluation's model descriptions, per split
         self._x_eval_train, self._y_eval_train = train_eval_subset(config, self.data)
 
     @staticmethod
@@ -552,7 +556,7 @@ class Trainer:
         try:
             metrics = epoch_metrics(self.vae, self.data, self._x_eval_train,
                                     self._y_eval_train, self.config.eval_samples,
-                                    guide=self.user_guide)
+                                    guide=self.user_guide, problems=self._problems)
         except ValueError as exc:
             if "constraint" not in str(exc) and "invalid values" not in str(exc):
                 raise
