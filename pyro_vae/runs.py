@@ -50,7 +50,7 @@ from pyro_vae.models.vae import VAE
 
 #: Options that may differ between a run and its resumption.
 RESUMABLE_CHANGES = frozenset({"epochs", "device", "checkpoint_every", "skip_nonfinite",
-                               "logger", "compile"})
+                               "logger", "compile", "threads"})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -202,7 +202,7 @@ def _check_resumable(saved: dict[str, Any], config: Config, path: Path) -> None:
         raise CheckpointError(
             f"{path} was written with another configuration ({detail}); resume with the "
             "original options (only --epochs, --device, --compile, --checkpoint-every, "
-            "--skip-nonfinite and --logger may change) or use a new --out"
+            "--skip-nonfinite, --threads and --logger may change) or use a new --out"
         )
 
 
@@ -237,6 +237,7 @@ def train_run(
         raise ConfigError("the run folder is an empty path; give --out a folder name")
     if resume and not (run_dir / CHECKPOINT_NAME).exists():
         load_checkpoint(run_dir / CHECKPOINT_NAME)  # the one-line "no checkpoint" error
+    torch.set_num_threads(config.torch_threads(config.arch))
     if config.strategy != "single":
         return _train_distributed_run(config, run_dir, prepare_data(config), resume, progress,
                                       figures)

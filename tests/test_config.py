@@ -293,3 +293,16 @@ def test_missing_or_unreadable_files_are_one_line_errors(tmp_path, name, content
     elif content is not None:
         path.write_text(content)
     one_line_error(lambda: Config.from_file(path), match)
+
+
+def test_thread_count_of_a_run():
+    """One thread for MLPs on CPU by default (their epochs ran 10–100× slower with two threads
+    on the busy 2-core machine); a given --threads wins; conv nets keep torch's count."""
+    import torch
+
+    assert Config().torch_threads("mlp") == 1
+    assert Config(threads=2).torch_threads("mlp") == 2
+    assert Config().torch_threads("conv") == torch.get_num_threads()
+    assert Config(device="cuda").torch_threads("mlp") == torch.get_num_threads()
+    with pytest.raises(ConfigError, match="--threads must be an integer"):
+        Config(threads=0).resolved()
