@@ -77,6 +77,9 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
                  epochs=100, batch_size=128, lr=1e-3),
 }
 
+#: the most values of a discrete code ``--estimator enum`` sums over per point (2^16: the
+#: enumerated log-densities of a batch of 128 points then take 32 MiB)
+MAX_ENUM_STATES = 2**16
 #: the largest seed every generator the library seeds accepts (NumPy's and scikit-learn's: 2³²−1)
 MAX_SEED = 2**32 - 1
 #: the largest --latent-dim and --hidden width (memory is checked as well)
@@ -782,6 +785,14 @@ class Config(RunConfig, EvaluationConfig, OptimizationConfig, ObjectiveConfig, M
             raise ConfigError(f"--estimator {self.estimator} is defined for binary codes; use "
                               "--latent bernoulli, or rloo / vimco / score-avg for a "
                               f"{self.latent} code")
+        if self.estimator == "enum" and self.latent_dim is not None:
+            per_unit = 2 if self.latent == "bernoulli" else self.categories
+            states = per_unit ** self.latent_dim  # the code is one site: its joint support
+            if states > MAX_ENUM_STATES:
+                raise ConfigError(f"--estimator enum sums over all {per_unit}^{self.latent_dim} = "
+                                  f"{states:.3g} values of the code per point, more than "
+                                  f"{MAX_ENUM_STATES:,}; use a smaller --latent-dim or an "
+                                  "unbiased estimator (disarm, rloo, vimco)")
         if self.estimator == "rloo" and self.num_particles < 2:
             raise ConfigError("--estimator rloo needs K ≥ 2 samples per point (each draw's "
                               "baseline is the others' mean); e.g. --num-particles 4")

@@ -306,3 +306,11 @@ def test_thread_count_of_a_run():
     assert Config(device="cuda").torch_threads("mlp") == torch.get_num_threads()
     with pytest.raises(ConfigError, match="--threads must be an integer"):
         Config(threads=0).resolved()
+
+
+def test_enumeration_of_a_huge_code_is_refused_up_front():
+    with pytest.raises(ConfigError, match=r"enum sums over all 2\^40 = 1.1e\+12 values"):
+        Config(latent="bernoulli", latent_dim=40, estimator="enum").resolved()
+    with pytest.raises(ConfigError, match=r"10\^5 = 1e\+05 values"):
+        Config(latent="categorical", latent_dim=5, categories=10, estimator="enum").resolved()
+    Config(latent="bernoulli", latent_dim=16, estimator="enum").resolved()  # 65 536: allowed
