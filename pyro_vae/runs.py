@@ -19,6 +19,7 @@ leftovers of killed runs (``.*.tmp-*``) when it starts.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -43,7 +44,7 @@ from pyro_vae.checkpoint import (
 )
 from pyro_vae.config import Config
 from pyro_vae.data import DataSet, prepare_data
-from pyro_vae.errors import CheckpointError, ConfigError
+from pyro_vae.errors import CheckpointError, ConfigError, DataError, ModelError
 from pyro_vae.infer.trainer import Trainer
 from pyro_vae.loggers import RunLogger, make_logger
 from pyro_vae.models.vae import VAE
@@ -241,8 +242,13 @@ def train_run(
     if config.strategy != "single":
         return _train_distributed_run(config, run_dir, prepare_data(config), resume, progress,
                                       figures)
-    with RunLock(run_dir):
-        return _train_locked(config, run_dir, device, resume, progress, on_epoch, figures)
+    created = not run_dir.exists()
+    try:
+        with RunLock(run_dir):
+            return _train_locked(config, run_dir, device, resume, progress, on_epoch, figures)
+    finally:
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a refused run leaves no folder behind
 
 
 def _train_locked(config: Config, run_dir: Path, device: torch.device, resume: bool,
@@ -267,10 +273,20 @@ def _train_locked(config: Config, run_dir: Path, device: torch.device, resume: b
         trainer.load_state_dict(state)
     logger = make_logger(config.logger, run_dir)
     (run_dir / "figures").mkdir(parents=True, exist_ok=True)
-    _write_json(run_dir / "config.json", config.to_dict())
-    _write_json(run_dir / "environment.json", environment(config, device))
+    written = [run_dir / "config.json", run_dir / "environment.json"]
+    _write_json(written[0], config.to_dict())
+    _write_json(written[1], environment(config, device))
     try:
         return _train_epochs(config, run_dir, trainer, data, logger, progress, on_epoch, figures)
+    except (ConfigError, ModelError, DataError):
+        # refused at the first steps (a combination only the model's trace reveals): nothing
+        # was trained, so nothing stays behind
+        if state is None and not (run_dir / CHECKPOINT_NAME).exists():
+            for path in written:
+                path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                (run_dir / "figures").rmdir()
+        raise
     finally:
         logger.close()
 

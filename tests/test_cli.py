@@ -186,3 +186,16 @@ def test_resume_continues_a_run(digits_run, tmp_path):
                  *FAST]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
+
+
+def test_a_run_refused_at_its_first_step_leaves_no_folder(tmp_path, capsys):
+    """A combination only the model's trace reveals (STL with a flow that has no inverse) is
+    refused at the first step: one line, and no run folder left behind."""
+    out = tmp_path / "refused"
+    code = main(["train", "--guide", "planar", "--estimator", "stl", "--epochs", "1",
+                 "--max-train", "64", "--max-test", "32", "--batch-size", "32", "--hidden", "8",
+                 "--no-progress",
+                 "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "detached draw" in err[0]
+    assert not out.exists()
