@@ -13,7 +13,7 @@ Where things live (mirroring Pyro's own layout):
 ``pyro_vae.distributions``  likelihoods p_θ(x | z)
 ``pyro_vae.models``         the VAE (an ``nn.Module`` with ``model`` / ``guide``), pPCA
 ``pyro_vae.infer``          ELBOs, trainer, ELBO / IWAE evaluation, estimators, vEM, MCMC,
-                            predictive draws
+                            predictive draws, semi-amortized guides
 ``pyro_vae.lab``            the gradient-variance lab and the amortization-gap report
 ``pyro_vae.data``           data sets and their preparation (binarization, checks)
 ``pyro_vae.checkpoint``     checkpoints: ``save`` / ``load`` of any trained model
@@ -46,6 +46,7 @@ from pyro_vae.infer.evaluation import (
 from pyro_vae.infer.mcmc import nuts_posterior
 from pyro_vae.infer.predictive import posterior_predictive, prior_predictive
 from pyro_vae.infer.problem import Problem, describe
+from pyro_vae.infer.semi_amortized import SemiAmortizedGuide
 from pyro_vae.infer.trainer import ModelGuide, Trainer
 from pyro_vae.models.builder import build_vae
 from pyro_vae.models.vae import VAE, evaluating, kl_scale
@@ -77,6 +78,7 @@ __all__ = [
     "ModelGuide",
     "Problem",
     "PyroVAEError",
+    "SemiAmortizedGuide",
     "Trainer",
     "TrainingDivergedError",
     "binarize",

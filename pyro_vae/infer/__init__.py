@@ -12,12 +12,14 @@ from pyro_vae.infer.evaluation import (
     log_importance_weights,
     quadrature_log_likelihood,
 )
+from pyro_vae.infer.semi_amortized import SemiAmortizedGuide
 from pyro_vae.infer.trainer import ModelGuide, Trainer
 
 __all__ = [
     "Estimate",
     "KLSchedule",
     "ModelGuide",
+    "SemiAmortizedGuide",
     "Trainer",
     "elbo_terms",
     "evaluate_elbo",

@@ -270,7 +270,7 @@ class Trainer:
         if config is not None and not isinstance(config, Config):
             raise ConfigError(f"Trainer's config must be a pyro_vae.Config, got "
                               f"{type(config).__name__}; use Config(...) or Config.from_dict(d)")
-        self.config = config = self._resolve(vae, config, loss)
+        self.config = config = self._resolve(vae, config, loss, guide)
         self.device = torch.device(device)
         self.data = preprocess_data(data, config).to(self.device)
         n = data.x_train.shape[0]
@@ -319,12 +319,14 @@ class Trainer:
         self._x_eval_train, self._y_eval_train = train_eval_subset(config, self.data)
 
     @staticmethod
-    def _resolve(vae: Any, config: Config | None, loss: Any) -> Config:
+    def _resolve(vae: Any, config: Config | None, loss: Any, guide: Any) -> Config:
         """The configuration resolved for this model: the library's VAE brings its likelihood
-        and code; a user's model takes no model-component defaults it does not read."""
+        and code; a user's model takes no model-component defaults it does not read. JIT is
+        the default only for the library's own model, guide and objective (a user's program
+        may not trace: a semi-amortized guide differentiates inside itself)."""
         given = config if config is not None else Config(dataset="file")
         library = isinstance(vae, VAE)
-        if given.jit is None and (not library or loss is not None):
+        if given.jit is None and (not library or loss is not None or guide is not None):
             given = given.replace(jit=False)
         if isinstance(vae, SemiSupervisedVAE):
             given = given.replace(jit=False, model="m2")
