@@ -484,7 +484,8 @@ def cmd_gap(args: argparse.Namespace) -> int:
                               seed=args.seed, ais_steps=args.ais_steps,
                               ais_chains=args.ais_chains,
                               ais_leapfrog_steps=args.ais_leapfrog,
-                              prior_start=args.prior_start)
+                              prior_start=args.prior_start,
+                              semi_amortized=args.semi_amortized)
     summary = report.summary()
     summary["seconds"]["total"] = time.perf_counter() - start
     out = Path(args.out or Path(args.run) / "gap")
@@ -620,6 +621,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="importance samples for log p(x) (default 5000)")
     p.add_argument("--refine-steps", type=_count, default=50,
                    help="steps of the semi-amortized curve (default 50)")
+    p.add_argument("--semi-amortized", type=_nonnegative, default=0, metavar="K",
+                   help="add the row L[q_SA]: the encoder's output refined per point by K SVI "
+                   "steps (pyro_vae.infer.semi_amortized), and the fraction of the "
+                   "amortization gap it closes (default 0: no row)")
     p.add_argument("--max-steps", type=_count, default=5000,
                    help="most optimization steps of the per-point fits, which otherwise stop "
                    "by their learning-rate decay rule (default %(default)s)")

@@ -88,6 +88,9 @@ class GapReport:
     fit_steps: dict[str, int] = field(default_factory=dict)
     #: whether q*_FFG was also fitted from the prior (``amortization_gap``'s ``prior_start``)
     prior_start: bool = False
+    #: L[q_SA] per point: the guide refined by ``semi_amortized_steps`` SVI steps (or None)
+    elbo_q_sa: torch.Tensor | None = None
+    semi_amortized_steps: int = 0
 
     @property
     def flagged(self) -> torch.Tensor:
@@ -127,6 +130,13 @@ class GapReport:
             "mc_stderr_mean": {k: float(self.stderrs[k].mean()) for k in
                                ("elbo_q", "elbo_q_star", "log_px") if k in self.stderrs},
             "points_with_elbo_above_log_px": int(self.flagged.sum()),
+            **({} if self.elbo_q_sa is None else {
+                "elbo_q_sa": stat(self.elbo_q_sa),
+                "semi_amortized_steps": self.semi_amortized_steps,
+                "semi_amortized_gain": stat(self.elbo_q_sa - self.elbo_q),
+                "semi_amortized_fraction_closed": float(
+                    (self.elbo_q_sa - self.elbo_q).double().mean()
+                    / (self.elbo_q_star - self.elbo_q).double().mean())}),
             "refinement_curve": self.refinement_curve,
             "fit_steps": self.fit_steps,
             "prior_start": self.prior_start,
@@ -138,7 +148,8 @@ def amortization_gap(
     vae: Any, x: torch.Tensor, y: torch.Tensor | None = None, iw_samples: int = 5000,
     eval_samples: int = 1000, refine_steps: int = 50, seed: int = 0, guide: Any = None,
     ais_steps: int = 0, ais_chains: int = 16, ais_leapfrog_steps: int = 2,
-    prior_start: bool | None = None, family: GuideFamily | None = None, **fit_kwargs: Any,
+    prior_start: bool | None = None, family: GuideFamily | None = None,
+    semi_amortized: int | Any = 0, **fit_kwargs: Any,
 ) -> GapReport:
     """The gap report of the amortized guide (``guide``, default ``vae.guide``: any guide of
     any model with its local latents inside a data plate) on the points ``x``.
@@ -165,6 +176,13 @@ def amortization_gap(
     :param prior_start: also fit q*_FFG from the prior (μ = 0, σ = 1) and keep, per point, the
         better of the two starts; ``None`` (default) decides by a probe
         (:func:`_prior_start_needed`).
+    :param semi_amortized: a row between L[q] and L[q*]: **L[q_SA]**, the ELBO of the guide's
+        output refined per point by SVI steps
+        (:class:`~pyro_vae.infer.semi_amortized.SemiAmortizedGuide`), scored on
+        ``eval_samples`` draws, and the fraction (L[q_SA] − L[q]) / (L[q*] − L[q]) of the
+        amortization gap it closes (mean over points of the two differences). An integer K
+        wraps ``guide`` with K steps; a ``SemiAmortizedGuide`` (a model trained as SA-VAE) is
+        used as it is, its inner amortized guide then being the report's q.
     :param fit_kwargs: passed to every :func:`~pyro_vae.infer.vem.fit_local`.
     """
     for name, value in (("iw_samples", iw_samples), ("eval_samples", eval_samples)):
@@ -173,7 +191,20 @@ def amortization_gap(
         raise ConfigError("--iw-samples must be ≥ 2: log p̂(x) is chosen on one half of the draws "
                           "and reported from the other; e.g. 1000")
     yy = labels(vae, y)
+    from pyro_vae.infer.semi_amortized import SemiAmortizedGuide
+
+    sa = semi_amortized if isinstance(semi_amortized, SemiAmortizedGuide) else None
+    if sa is None and isinstance(guide, SemiAmortizedGuide):
+        sa = guide
+    if sa is not None:
+        guide = sa.guide  # q is the amortized guide inside
+    elif isinstance(semi_amortized, bool) or not isinstance(semi_amortized, int) \
+            or semi_amortized < 0:
+        raise ConfigError(f"semi_amortized must be a number of refinement steps ≥ 0 or a "
+                          f"SemiAmortizedGuide, got {semi_amortized!r}; e.g. 20")
     model, guide = program_of(vae, guide)
+    if sa is None and semi_amortized:
+        sa = SemiAmortizedGuide(model, guide, steps=semi_amortized)
     problem = describe(model, guide, x[:min(x.shape[0], 64)], None if yy is None else
                        yy[:min(x.shape[0], 64)])
     problem.require_continuous("the gap report")
@@ -206,6 +237,12 @@ def amortization_gap(
                                                return_stderr=True)
         e_ffg = e_star if own is None else chunked_local_elbo(vae, x, yy, None, ffg.params, eps)
     seconds["elbo"] = time.perf_counter() - t
+    e_sa = e_sa_se = None
+    if sa is not None:
+        t = time.perf_counter()
+        with evaluating(*_modules(vae, guide)):
+            e_sa, e_sa_se = _guide_elbo(vae, sa, x, yy, eval_samples)
+        seconds["semi_amortized"] = time.perf_counter() - t
     t = time.perf_counter()
     halves = {"iwae_q": _guide_iwae_halves(vae, guide, x, yy, iw_samples),
               "iwae_q_star": fit_iwae_halves(vae, x, yy, q_star, iw_samples, seed)}
@@ -237,8 +274,11 @@ def amortization_gap(
     stderrs["log_px"] = log_px_se
     stderrs["elbo_q"] = e_q_se
     stderrs["elbo_q_star"] = e_star_se
+    if e_sa_se is not None:
+        stderrs["elbo_q_sa"] = e_sa_se
     return GapReport(family_name, log_px, e_q, e_star, e_ffg, estimates, refine.curve, seconds,
-                     stderrs, chosen, steps, prior_start)
+                     stderrs, chosen, steps, prior_start, e_sa,
+                     sa.steps if sa is not None else 0)
 
 
 #: fixed draws per point of the refinement curve's ELBOs (one per step: the curve is a mean over
@@ -354,6 +394,9 @@ def gap_table(summary: dict[str, Any]) -> str:
     rows += [(f"L[q*] (best {best} q per point)", summary["elbo_q_star"])]
     if family not in ("diag", "ffg"):
         rows += [("L[q*_FFG] (best factorized Gaussian per point)", summary["elbo_q_star_ffg"])]
+    if "elbo_q_sa" in summary:
+        rows += [(f"L[q_SA] (q refined by {summary['semi_amortized_steps']} SVI steps per "
+                  "point)", summary["elbo_q_sa"])]
     rows += [("L[q] (the amortized guide)" if family == "ffg" else
               f"L[q] (amortized {family} guide)", summary["elbo_q"]),
              ("approximation gap log p(x) − L[q*]", summary["approximation_gap"]),
@@ -369,6 +412,11 @@ def gap_table(summary: dict[str, Any]) -> str:
         lines += ["", "log p̂(x) per point is the estimate with the highest value − 2 standard "
                   "errors on one half of its draws, reported from the other, independent half: "
                   + used + "."]
+    if "elbo_q_sa" in summary:
+        lines += ["", f"Semi-amortized inference closes "
+                  f"{summary['semi_amortized_fraction_closed']:.1%} of the amortization gap "
+                  f"(L[q_SA] − L[q] = {summary['semi_amortized_gain']['mean']:.3f} ± "
+                  f"{summary['semi_amortized_gain']['stderr']:.3f} nats)."]
     flagged = summary.get("points_with_elbo_above_log_px", 0)
     if flagged:
         lines += ["", f"{flagged} point(s) have L[q*] above log p̂(x), which the truth cannot "
