@@ -21,7 +21,6 @@ import math
 import os
 from collections.abc import Iterable
 
-import torch
 from torch import nn
 
 from pyro_vae.errors import ConfigError
@@ -127,6 +126,3 @@ def check_draws(vae: nn.Module, draws: int, option: str) -> None:
     need = draws * per_sample_elements(vae) * FLOAT_BYTES * 3  # values, gradients, temporaries
     check_memory(f"{option} {draws}", need, f"lower {option}")
 
-
-def tensor_bytes(*shape: int, dtype: torch.dtype = torch.float32) -> int:
-    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()

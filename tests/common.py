@@ -253,3 +253,107 @@ def forked_run(argv: list[str], logs: Path, timeout: float = 300, **kwargs) -> F
         run.kill()
         raise
     return run
+
+
+# --------------------------------------------------------------------------- forked kernels
+def _kernel_main(argv: list[str], env: dict[str, str], cwd: str | None) -> None:
+    """In the child: ``python -m ipykernel_launcher *argv``, in its own session, with the
+    environment and folder the kernel manager gives a new kernel. The fork server imported
+    matplotlib before ipykernel could choose its backend through ``MPLBACKEND`` (which
+    matplotlib reads once, on import), so the backend ipykernel sets is set here too."""
+    import os
+    import runpy
+    import sys
+
+    import matplotlib
+
+    os.setsid()
+    os.environ.clear()
+    os.environ.update(env)
+    if cwd:
+        os.chdir(cwd)
+    backend = os.environ.get("MPLBACKEND") or "module://matplotlib_inline.backend_inline"
+    os.environ["MPLBACKEND"] = backend
+    matplotlib.rcParams["backend"] = backend
+    sys.argv = ["ipykernel_launcher", *argv]
+    runpy.run_module("ipykernel_launcher", run_name="__main__", alter_sys=True)
+
+
+class _ForkedKernel:
+    """The part of :class:`subprocess.Popen` that a kernel provisioner uses, for a kernel in a
+    forked process (:func:`fork_context`)."""
+
+    stdin = stdout = stderr = None
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: str | None) -> None:
+        self._proc = fork_context().Process(target=_kernel_main, args=(argv, env, cwd))
+        self._proc.start()
+        self.pid = self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.exitcode
+
+    def poll(self) -> int | None:
+        return self._proc.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        import subprocess
+
+        self._proc.join(timeout)
+        if self._proc.exitcode is None:
+            raise subprocess.TimeoutExpired("kernel", timeout)
+        return self._proc.exitcode
+
+    def send_signal(self, signum: int) -> None:
+        import contextlib
+        import os
+
+        if self._proc.exitcode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        import signal
+
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        import signal
+
+        self.send_signal(signal.SIGTERM)
+
+
+def forked_kernel_manager_class():
+    """A Jupyter kernel manager (for ``NotebookClient(kernel_manager_class=...)``) whose
+    IPython kernels are forks of the fork server (:func:`fork_context`): each notebook still
+    gets a new process, with nothing run in it but the imports of :data:`FORK_PRELOAD`, so a
+    tutorial runs as in a new kernel without spending 2–3 s of CPU importing torch and Pyro
+    again. A kernel spec that is not ``python -m ipykernel_launcher`` starts as usual."""
+    import os
+    import uuid
+
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_client.provisioning import LocalProvisioner
+
+    class ForkedProvisioner(LocalProvisioner):
+        async def launch_kernel(self, cmd: list[str], **kwargs):
+            if cmd[1:3] != ["-m", "ipykernel_launcher"]:
+                return await super().launch_kernel(cmd, **kwargs)
+            env = dict(kwargs.get("env") or os.environ)
+            env.setdefault("JPY_PARENT_PID", str(os.getpid()))  # as jupyter_client's launcher
+            cwd = kwargs.get("cwd")
+            self.process = _ForkedKernel(cmd[3:], env, None if cwd is None else str(cwd))
+            self.pid, self.pgid = self.process.pid, None  # signals go to the kernel itself
+            self.cwd = cwd or Path.cwd()
+            return self.connection_info
+
+    class ForkedKernelManager(AsyncKernelManager):
+        async def _async_pre_start_kernel(self, **kw):
+            if self.provisioner is None:
+                self.kernel_id = self.kernel_id or kw.pop("kernel_id", str(uuid.uuid4()))
+                self.provisioner = ForkedProvisioner(kernel_id=self.kernel_id,
+                                                     kernel_spec=self.kernel_spec, parent=self)
+            return await super()._async_pre_start_kernel(**kw)
+
+    return ForkedKernelManager

@@ -135,15 +135,16 @@ def continuous_bernoulli_log_norm(logits: torch.Tensor) -> torch.Tensor:
     With 1 − 2λ = −tanh(ℓ/2) and artanh(1 − 2λ) = −ℓ/2, C(λ) = 2 artanh(1 − 2λ) / (1 − 2λ) =
     ℓ / tanh(ℓ/2), an even function of ℓ. For a = abs(ℓ): log C = log a − log tanh(a/2) with
     log tanh(a/2) = log(−expm1(−a)) − log1p(e^{−a}), exact to rounding for every a > 0; near 0
-    the series log 2 + a²/12 − a⁴/1440. (torch's own form computes λ first and clamps it, so its
-    density integrates to 0.94 at abs(ℓ) = 17, 0.80 at 20 and 0.53 at 30 in float32.)
+    the series log 2 + a²/12 − 7a⁴/1440 (the next term, 31a⁶/90720, is under 4·10⁻¹⁶ there).
+    (torch's own form computes λ first and clamps it, so its density integrates to 0.94 at
+    abs(ℓ) = 17, 0.80 at 20 and 0.53 at 30 in float32.)
     """
     a = logits.abs()
     small = a < _SERIES_BELOW
     safe = torch.where(small, torch.ones_like(a), a)
     exact = safe.log() - (torch.log(-torch.expm1(-safe)) - torch.log1p(torch.exp(-safe)))
     a2 = a * a
-    series = math.log(2.0) + a2 / 12 - a2 * a2 / 1440
+    series = math.log(2.0) + a2 / 12 - 7 * a2 * a2 / 1440
     return torch.where(small, series, exact)
 
 

@@ -139,8 +139,9 @@ class ImportanceWeightedELBO(ELBO):
 
     # ------------------------------------------------------------------ traces
     def _get_trace(self, model, guide, args, kwargs):
-        """Pyro's per-particle trace hook; the particles here are always vectorized
-        (:meth:`_traces`)."""
+        """Pyro's per-particle trace hook, an abstract method of ``pyro.infer.ELBO`` (without
+        it the class cannot be instantiated). Nothing here calls it: :meth:`loss` and the
+        surrogate trace through :meth:`_traces`, with the particles always vectorized."""
         return self._traces(model, guide, args, kwargs)
 
     def _vectorized(self, fn):

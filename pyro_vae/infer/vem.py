@@ -23,7 +23,8 @@ Gradients come from ``ELBO.differentiable_loss(vae.model, local.guide, x, indice
 **Test-time inference** (:func:`fit_local`): λ for new points with θ frozen, from the
 encoder's output or from zero, until the ELBO has not improved for ``patience`` checks. The
 ELBO a check compares is a sample-average approximation with one fixed set of ε draws (common
-random numbers), so each point keeps its best λ and its fitted ELBO is never below the start.
+random numbers). The result is each point's final iterate and its ELBO as measured on those
+draws: nothing replaces a fit that ends below its start by the start.
 
 The amortization gap report built on these fits is :mod:`pyro_vae.lab.gap`.
 """
@@ -388,7 +389,9 @@ def _chunk(vae: Any, draws: int) -> int:
 
 @dataclass
 class LocalFit:
-    """The per-point fit of :func:`fit_local`: the best parameters found for each point."""
+    """The per-point fit of :func:`fit_local`: each point's final parameters (the averaged
+    iterate of its last check interval) and their ELBO as measured, on the check's fixed draws,
+    next to the start's on the same draws."""
 
     params: dict[str, torch.Tensor]
     elbo: torch.Tensor          # per point, on the fixed draws of the check

@@ -119,12 +119,6 @@ class DiscreteVAE(VAE):
         dtype = weight.dtype if weight is not None else torch.get_default_dtype()
         return self._code(torch.zeros(batch, *self.code_shape, device=device, dtype=dtype))
 
-    def describe(self) -> str:
-        code = f"{self.code_shape[0]} binary units" if self.latent == "bernoulli" else \
-            f"{self.code_shape[0]} groups of {self.code_shape[1]} classes"
-        return (f"DiscreteVAE({code}, event_shape={self.event_shape}, "
-                f"likelihood={self.likelihood.name}, parameters={self.num_parameters():,})")
-
     def extra_repr(self) -> str:
         return (f"latent={self.latent!r}, code_shape={self.code_shape}, "
                 f"event_shape={self.event_shape}, likelihood={self.likelihood.name!r}, "

@@ -209,8 +209,3 @@ class SemiSupervisedVAE(VAE):
                   ) -> dist.TorchDistribution:
         loc, scale = self.encode(x, y)
         return dist.Normal(loc, scale).to_event(1)
-
-    def describe(self) -> str:
-        return (f"SemiSupervisedVAE(M2, latent_dim={self.latent_dim}, classes="
-                f"{self.num_classes}, labelled={self.num_labelled}, "
-                f"parameters={self.num_parameters():,})")

@@ -433,13 +433,6 @@ class VAE(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def describe(self) -> str:
-        return (
-            f"VAE(latent_dim={self.latent_dim}, event_shape={self.event_shape}, "
-            f"likelihood={self.likelihood.name}, conditional={self.conditional}, "
-            f"parameters={self.num_parameters():,}, data={math.prod(self.event_shape)}-dim)"
-        )
-
     def extra_repr(self) -> str:
         return (f"latent_dim={self.latent_dim}, event_shape={self.event_shape}, "
                 f"likelihood={self.likelihood.name!r}, guide={self.family.kind!r}, "

@@ -47,9 +47,14 @@ def test_meanfield_elbo_equals_recon_minus_closed_form_kl():
 
 
 def test_trace_and_meanfield_agree_in_expectation():
+    """n = 1500 single-particle losses of each (n = 4000 before: 8.2 s, now 3 s). Measured at
+    n = 4000: variances 2.19 (Monte Carlo KL) and 0.77 (analytic), means 106.02 and 106.06.
+    The variance ordering has a 65 % gap against a relative standard error of √(2/n) = 3.7 %
+    per variance; the mean check's 4 standard errors are 0.18 nats (0.11 at n = 4000), 0.2 %
+    of the loss, far below what a wrong or missing term of either ELBO would shift it by."""
     vae = small_vae(num_data=None)
     x = make_batch(16)
-    n = 4000
+    n = 1500
     with torch.no_grad():
         mc = torch.tensor([Trace_ELBO(max_plate_nesting=1).loss(vae.model, vae.guide, x)
                            for _ in range(n)])

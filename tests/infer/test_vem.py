@@ -42,7 +42,29 @@ def test_vem_diagonal_q_reaches_the_exact_kl_optimum_on_ppca():
     # KL(q‖p)-optimal diagonal Gaussian: variances are 1 / diag(posterior precision)
     exact_scale = torch.diagonal(precision).rsqrt().expand_as(fit.scale)
     torch.testing.assert_close(fit.scale, exact_scale, atol=0, rtol=0.05)
-    assert bool((fit.elbo >= fit.start_elbo).all())
+    # the reported ELBOs are measured (the final iterate, no fallback to the start): on the
+    # check's 8192 fixed draws, each is the closed form log p(x) − KL(q ‖ p(z | x)) of its q —
+    # the fit, and the start N(0, I) — within 4 standard errors
+    post = MultivariateNormal(exact_mean.double(), torch.linalg.inv(precision).double())
+    log_px = marginal.log_prob(x).double()
+    zero, one = torch.zeros_like(fit.loc), torch.ones_like(fit.scale)
+    for loc, scale, reported in ((fit.loc, fit.scale, fit.elbo), (zero, one, fit.start_elbo)):
+        loc, scale = loc.double(), scale.double()
+        elbo = log_px - kl_divergence(MultivariateNormal(loc, torch.diag_embed(scale ** 2)), post)
+        se = _elbo_sd(post, loc, scale) / 8192 ** 0.5
+        assert bool(((reported.double() - elbo).abs() <= 4 * se + 1e-3).all()), (
+            (reported.double() - elbo).tolist(), (4 * se).tolist())
+
+
+def _elbo_sd(post, loc, scale, num=20000):
+    """Per point, under q = N(loc, diag scale²): the larger standard deviation of the log-weight
+    log p(x, z) − log q(z) and of log p(x, z) alone (an ELBO estimate with a sampled or a
+    closed-form entropy); log p(x, z) is log p(z | x) up to a constant."""
+    u = loc + scale * torch.randn(num, *loc.shape, generator=torch.Generator().manual_seed(1),
+                                  dtype=torch.float64)
+    log_post = post.log_prob(u)
+    log_w = log_post - torch.distributions.Normal(loc, scale).log_prob(u).sum(-1)
+    return torch.maximum(log_w.std(0), log_post.std(0))
 
 
 @pytest.mark.parametrize("kind", ["diag", "full"])
@@ -66,7 +88,10 @@ def test_per_point_fits_converge_to_the_family_optimum_within_0005_nats(kind):
     assert fit.steps < 5000  # stopped by its rule, not by the step limit
 
 
-def test_flow_fits_start_at_the_amortized_q_and_never_end_below_it():
+def test_flow_fits_start_at_the_amortized_q_and_improve_on_it():
+    """The fit is reported as measured (its final iterate, not the better of it and the start),
+    so ending above the start at every point is what the fit achieved on the common check draws,
+    not a floor fit_local imposes."""
     vae = linear_gaussian_vae(guide="planar", flow_length=2)
     x = torch.randn(6, 3)
     fit = fit_local(vae, x, family=vae.family, max_steps=200, check_every=50)

@@ -84,16 +84,22 @@ def circle_vae(tmp_path_factory):
 
 def test_ais_reaches_the_trained_circle_models_exact_log_likelihood(circle_vae):
     """The model's own log p(x) by quadrature over its one-dimensional z is the truth; AIS
-    lands within its reported standard error of it (3 se, and 0.02 nats of slack)."""
+    lands within its reported standard error of it (3 se, and 0.02 nats of slack).
+
+    T = 500 with 256 chains rather than T = 2000 with 16 (a step costs Pyro's per-call
+    overhead, nearly whatever the number of chains): the error here is mostly the chains' Monte
+    Carlo noise. Measured with seeds 0 and 1, the mean error over the 24 points was 0.044 and
+    0.055 at T = 2000 with 16 chains (the bound below is 0.06), 0.023 and 0.021 at T = 500
+    with 256, in 5.5 s against 10–19 s."""
     from pyro_vae.infer.ais import ais_log_likelihood
 
     vae, x = circle_vae
     exact = quadrature_log_likelihood(vae, x).float()
     pyro.set_rng_seed(0)
-    ais = ais_log_likelihood(vae, x, num_steps=2000, num_chains=16)
+    ais = ais_log_likelihood(vae, x, num_steps=500, num_chains=256)
     error = (ais.log_px - exact).abs()
     assert bool((error <= 3 * ais.stderr + 0.02).all()), (error, ais.stderr)
-    assert float(error.mean()) < 0.06  # 0.039 here: T = 2000 on a 60-epoch model
+    assert float(error.mean()) < 0.06  # 0.023 here: T = 500, 256 chains, a 60-epoch model
 
 
 def test_a_planar_flow_per_point_closes_more_of_the_circles_gap_than_a_gaussian():
