@@ -138,9 +138,9 @@ class ProtocolProgram:
     plate then covers the batch as it is, unscaled). Wrapping a program of the protocol
     returns it unchanged."""
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    def __init__(self, fn: Callable[..., Any], signature: Signature | None = None) -> None:
         self.fn = fn
-        self.signature = Signature.of(fn)
+        self.signature = signature if signature is not None else Signature.of(fn)
         self.__name__ = getattr(fn, "__name__", type(fn).__name__)
         self.__doc__ = getattr(fn, "__doc__", None)
 
@@ -149,6 +149,19 @@ class ProtocolProgram:
         if isinstance(fn, ProtocolProgram) or Signature.of(fn).arity >= 4:
             return fn
         return cls(fn)
+
+    @classmethod
+    def pair(cls, model: Callable[..., Any], guide: Callable[..., Any]
+             ) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """Model and guide as protocol programs. A guide that takes ``*args`` (an autoguide,
+        which passes them on to the model) gets what the model takes, as ``SVI`` gives both
+        the same arguments."""
+        wrapped = cls.of(model)
+        if not isinstance(guide, ProtocolProgram) and takes_varargs(guide) \
+                and Signature.of(model).arity < 4:
+            return wrapped, cls(guide, Signature.of(model))
+        return wrapped, cls.of(guide)
+
 
     def __call__(self, x: Any = None, y: Any = None, indices: Any = None,
                  beta: float | torch.Tensor = 1.0, **kwargs: Any) -> Any:
@@ -160,6 +173,15 @@ class ProtocolProgram:
             return self.fn(*args, **kwargs)
         with LatentScale(beta):
             return self.fn(*args, **kwargs)
+
+
+def takes_varargs(fn: Callable[..., Any]) -> bool:
+    """True when ``fn`` takes ``*args``."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is p.VAR_POSITIONAL for p in params)
 
 
 def call_args(model: Callable[..., Any], guide: Callable[..., Any], x: torch.Tensor | None,

@@ -37,6 +37,7 @@ import pyro
 import torch
 from torch import nn
 
+from pyro_vae.errors import ModelError
 from pyro_vae.infer.compiled import AdamUpdate, CompiledStep, NotCompilableError
 
 __all__ = ["MAX_RETRACES", "CapturedState", "CompiledWholeStep", "EagerStep", "JitStep",
@@ -218,13 +219,21 @@ class EagerStep:
                 else:  # an ELBO that backpropagates itself (TraceGraph_ELBO)
                     value = float(self.elbo.loss_and_grads(self.model, self.guide, *args,
                                                              **kwargs))
-            except ValueError as exc:
+            except (ValueError, RuntimeError, TypeError, KeyError, IndexError) as exc:
                 # Distribution validation rejects NaN/inf parameters (the logits of a decoder
                 # whose weights diverged, an overflowing encoder scale): a divergence.
-                if "invalid values" not in str(exc):
+                if isinstance(exc, ValueError) and "invalid values" in str(exc):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    raise NonFiniteStepError(float("nan")) from None
+                if self.validated:
                     raise
-                self.optimizer.zero_grad(set_to_none=True)
-                raise NonFiniteStepError(float("nan")) from None
+                # the first step: model, guide and loss have never run together on a batch
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise ModelError(
+                    f"the first training step fails ({type(exc).__name__}: {first}); check that "
+                    "model and guide take a mini-batch of the data (an autoguide over local "
+                    "latents needs --batch-size equal to the data size, or a subsampled data "
+                    "plate with create_plates=...)") from None
         self.validated = True
         if not all_finite(value, [p.grad for p in self.params if p.grad is not None]):
             self.optimizer.zero_grad(set_to_none=True)

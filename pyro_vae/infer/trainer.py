@@ -152,7 +152,7 @@ class ModelGuide(nn.Module):
     def __init__(self, model: Callable[..., Any], guide: Callable[..., Any],
                  conditional: bool = False, modules: dict[str, nn.Module] | None = None):
         super().__init__()
-        self.model, self.guide = ProtocolProgram.of(model), ProtocolProgram.of(guide)
+        self.model, self.guide = ProtocolProgram.pair(model, guide)
         self.conditional = conditional
         self.nets = nn.ModuleDict(modules or {})
 
@@ -402,8 +402,11 @@ class Trainer:
         return make_elbo(cfg.elbo, cfg.num_particles, jit=False), self.guide_fn
 
     def _discover_params(self) -> dict[str, torch.Tensor]:
-        y = self.data.y_train[:2] if self.conditional else None
-        return trainable_params(self.model_fn, self.guide_fn, self.data.x_train[:2], y,
+        # a full batch: a guide that sizes its parameters from its first call (an autoguide over
+        # a data plate that is not subsampled) sees the batch it will be trained on
+        b = self._full_batch
+        y = self.data.y_train[:b] if self.conditional else None
+        return trainable_params(self.model_fn, self.guide_fn, self.data.x_train[:b], y,
                                 self.owners)
 
     def _build_optimizer(self) -> None:

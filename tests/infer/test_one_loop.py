@@ -280,3 +280,48 @@ def test_a_pyro_elbo_and_optimizer_train_a_user_model():
     history = trainer.fit()
     assert history[-1]["test_elbo"] > history[0]["test_elbo"] + 0.5
     assert isinstance(trainer.vae, ModelGuide)
+
+
+def test_an_autonormal_guide_trains_through_the_trainer():
+    """An autoguide takes ``*args`` and passes them to the model: it gets what the model takes
+    (as SVI gives both the same arguments), and it sizes its per-point parameters from the
+    full batch the trainer discovers its parameters on."""
+    from pyro.infer.autoguide import AutoNormal
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    data = gaussian_data(n=64)
+    dec = nn.Linear(L, D)
+
+    def model(x):
+        pyro.module("autonormal_dec", dec)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(L), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(dec(z), 0.5).to_event(1), obs=x)
+
+    trainer = Trainer(model, AutoNormal(model), Trace_ELBO(), pyro.optim.Adam({"lr": 5e-2}),
+                      data, Config(epochs=80, batch_size=64))
+    trainer.evaluate = lambda: {}  # per-point parameters of the training points only
+    history = trainer.fit()
+    assert history[-1]["train_loss"] < history[0]["train_loss"] - 1.0
+
+
+def test_a_first_step_that_fails_is_one_library_error():
+    pyro.clear_param_store()
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)  # 3 ≠ D: a shape error
+
+    def guide(x):
+        loc = pyro.param("loc", torch.zeros(3))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))
+
+    from pyro_vae import ModelError
+
+    trainer = Trainer(model, guide, Trace_ELBO(), pyro.optim.Adam({"lr": 1e-2}),
+                      gaussian_data(n=64), Config(epochs=1, batch_size=32))
+    with pytest.raises(ModelError, match=r"^the first training step fails \(ValueError"):
+        trainer.fit()
