@@ -227,7 +227,7 @@ class ImportanceWeightedELBO(ELBO):
                     raise ConfigError(
                         f"--estimator {self.estimator}"
                         + (" and --objective piwae" if self.objective == "piwae" else "")
-                        + f" evaluate log q at a detached draw, which guide site "
+                        + f" need log q at a detached draw, which guide site "
                         f"{site['name']!r} ({type(fn).__name__}) cannot (a flow without an "
                         "inverse); use --estimator reparam with iwae, miwae or ciwae"
                     ) from None
