@@ -51,17 +51,22 @@ class MiniBatches:
         return self
 
     def epoch(self) -> Iterator[Batch]:
-        x_all, y_all = self.data.x_train, self.data.y_train
+        x_all = self.data.x_train
         perm = torch.randperm(x_all.shape[0]).to(x_all.device)
         batches = list(perm.split(self.batch_size))
         if self.drop_last and len(batches) > 1 and batches[-1].shape[0] < self.batch_size:
             batches.pop()
         for idx in batches:
-            x = x_all[idx]
-            if self.dynamic:
-                x = binarize(x)
-            y = y_all[idx] if self.conditional and y_all is not None else None
-            yield Batch((x, y, idx), int(x.shape[0]))
+            yield self.batch(idx)
+
+    def batch(self, idx: torch.Tensor) -> Batch:
+        """The mini-batch of the training points ``idx`` (a distributed worker's too)."""
+        x = self.data.x_train[idx]
+        if self.dynamic:
+            x = binarize(x)
+        y_all = self.data.y_train
+        y = y_all[idx] if self.conditional and y_all is not None else None
+        return Batch((x, y, idx), int(x.shape[0]))
 
     def metrics(self) -> dict[str, Any]:
         return {}

@@ -39,7 +39,7 @@ import torch
 
 from pyro_vae.checkpoint import checkpoint_payload, data_description
 from pyro_vae.config import Config
-from pyro_vae.data import DataSet, binarize
+from pyro_vae.data import DataSet
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer.annealing import KLSchedule
 from pyro_vae.infer.batches import Batch
@@ -114,12 +114,8 @@ class VAELightningModule(_LightningModule):
         self._skipped = 0
 
     def batch(self, idx: torch.Tensor) -> Batch:
-        """The trainer's mini-batch of these indices."""
-        x = self.data.x_train[idx]
-        if self.core.config.binarize == "dynamic":
-            x = binarize(x)
-        y = self.data.y_train[idx] if self.core.conditional else None
-        return Batch((x, y, idx), int(idx.shape[0]))
+        """The trainer's mini-batch of these indices (its batch plan builds it)."""
+        return self.core.batches.batch(idx)
 
     def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
         (idx,) = batch

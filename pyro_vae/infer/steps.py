@@ -320,7 +320,7 @@ class JitStep(_Traced):
                  optimizer: torch.optim.Optimizer, modules: Sequence[nn.Module] = ()) -> None:
         super().__init__(EagerStep(make_elbo(), model, guide, params, optimizer),
                          (model, guide))
-        self.make_elbo, self.user_model, self.user_guide = make_elbo, model, guide
+        self.make_elbo = make_elbo
         self.modules = tuple(modules)
         self.traced: set[int] = set()
 
