@@ -28,6 +28,7 @@ from pyro_vae.config import (
 )
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.infer.importance import OBJECTIVES
+from pyro_vae.jobs import DEFAULT_MAX_MINUTES, budget
 from pyro_vae.lab.discrete import DISCRETE_TOY
 
 #: The source of every option's default: the CLI states none of its own.
@@ -183,13 +184,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"test points:            {result['num_points']}")
-        print(f"test ELBO:              {result['test_elbo']:.4f} ± "
-              f"{result['test_elbo_se']:.4f} nats/point (recon {result['test_recon']:.4f}, "
-              f"KL {result['test_kl']:.4f})")
+        def pm(se: float) -> str:  # a standard error over the points: none for one point
+            return f" ± {se:.4f}" if x.shape[0] > 1 else ""
+
+        print(f"test points:            {result['num_points']}" + (
+            " (one point: no standard error over points)" if x.shape[0] == 1 else ""))
+        print(f"test ELBO:              {result['test_elbo']:.4f}{pm(result['test_elbo_se'])} "
+              f"nats/point (recon {result['test_recon']:.4f}, KL {result['test_kl']:.4f})")
         how = f"IWAE, K = {args.iw_samples}" if args.method == "iwae" else \
             f"AIS, T = {args.ais_steps}, {args.ais_chains} chains"
-        print(f"test log-likelihood:    {ll.mean:.4f} ± {ll.stderr:.4f} nats/point ({how}; "
+        print(f"test log-likelihood:    {ll.mean:.4f}{pm(ll.stderr)} nats/point ({how}; "
               f"{t_ll / x.shape[0]:.3g} s/point)")
         print(f"time:                   {result['seconds']:.1f} s "
               f"({result['iw_samples_per_second']:.0f} importance samples/s)")
@@ -508,6 +512,26 @@ def _add_ais_options(p: argparse.ArgumentParser, default_steps: int, what: str) 
                    help="leapfrog steps per AIS HMC transition (default %(default)s)")
 
 
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of minutes")
+    return value
+
+
+def _add_budget_options(p: argparse.ArgumentParser) -> None:
+    """``--max-minutes`` and ``--no-progress`` of a command that runs long jobs
+    (:mod:`pyro_vae.jobs`)."""
+    p.add_argument("--max-minutes", type=_minutes, default=DEFAULT_MAX_MINUTES,
+                   help="refuse, within seconds, work projected to take longer than this "
+                        "(default %(default)s)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress lines on stderr")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: the problem and where to look, no usage block."""
 
@@ -549,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default %(default)s)")
     p.add_argument("--device", default=_DEFAULT.device, help="cpu, cuda, cuda:N or auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_budget_options(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("sample", help="draw samples from a trained model",
@@ -608,6 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random seed (default %(default)s)")
     p.add_argument("--out", type=_path, help="output folder (default RUN/variance)")
     p.add_argument("--device", default=_DEFAULT.device, help="cpu, cuda, cuda:N or auto")
+    _add_budget_options(p)
     p.set_defaults(func=cmd_variance, estimators_given=False)
 
     p = sub.add_parser("gap", help="approximation and amortization gaps of a trained VAE",
@@ -638,6 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=_path, help="output folder (default RUN/gap)")
     p.add_argument("--device", default=_DEFAULT.device, help="cpu, cuda, cuda:N or auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_budget_options(p)
     p.set_defaults(func=cmd_gap)
 
     p = sub.add_parser("compare", help="ELBO curves and final metrics of several runs",
@@ -671,7 +698,11 @@ def main(argv: list[str] | None = None) -> int:
     debug = bool(os.environ.get("PYRO_VAE_DEBUG"))
     with warnings.catch_warnings(record=True) as caught:  # the filters in force still apply
         try:
-            code = args.func(args)
+            # a command without --max-minutes (train reads its own from the run's config)
+            # runs under the default budget, with progress
+            with budget(getattr(args, "max_minutes", None) or DEFAULT_MAX_MINUTES,
+                        progress=not getattr(args, "no_progress", False)):
+                code = args.func(args)
         except PyroVAEError as exc:
             return _fail(f"error: {exc}")
         except MemoryError:
@@ -682,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(f"error: {exc.strerror or exc}{where}; check the path and its "
                          "permissions")
         except KeyboardInterrupt as exc:
-            print(f"pyro-vae: {exc or 'interrupted'}", file=sys.stderr)
+            print(f"pyro-vae: {str(exc) or 'interrupted'}", file=sys.stderr)
             return 130
         except Exception as exc:
             if debug:

@@ -558,6 +558,9 @@ class RunConfig:
                          "TensorBoard (RUN/tensorboard) or MLflow (RUN/mlruns or "
                          "$MLFLOW_TRACKING_URI) (default %(default)s: the run folder only)",
                          choices=LOGGERS)
+    max_minutes: float = option(60.0, "refuse a run whose first epoch projects it past this "
+                                "many minutes (default %(default)s)", parse=parse_float,
+                                check=_positive("e.g. --max-minutes 240"))
 
     def torch_threads(self, arch: str | None) -> int:
         """The thread count a run of networks ``arch`` uses: ``threads``, or by default one

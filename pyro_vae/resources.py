@@ -121,8 +121,9 @@ def points_per_chunk(vae: nn.Module, draws: int, limit: int = CHUNK_ELEMENTS) ->
     return max(1, limit // max(1, draws * per_sample_elements(vae)))
 
 
-def check_draws(vae: nn.Module, draws: int, option: str) -> None:
-    """One chunk must hold at least one point's ``draws`` draws (AIS chains, say) at once."""
+def check_draws(vae: nn.Module, draws: int, what: str, option: str) -> None:
+    """One chunk must hold at least one point's ``draws`` draws (AIS chains, say) at once;
+    ``what`` names them in the error (``"--ais-chains 16 (+ 4 pilot chains)"``)."""
     need = draws * per_sample_elements(vae) * FLOAT_BYTES * 3  # values, gradients, temporaries
-    check_memory(f"{option} {draws}", need, f"lower {option}")
+    check_memory(what, need, f"lower {option}")
 

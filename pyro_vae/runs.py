@@ -46,12 +46,13 @@ from pyro_vae.config import Config
 from pyro_vae.data import DataSet, prepare_data
 from pyro_vae.errors import CheckpointError, ConfigError, DataError, ModelError
 from pyro_vae.infer.trainer import Trainer
+from pyro_vae.jobs import BudgetError, budget, job
 from pyro_vae.loggers import RunLogger, make_logger
 from pyro_vae.models.vae import VAE
 
 #: Options that may differ between a run and its resumption.
 RESUMABLE_CHANGES = frozenset({"epochs", "device", "checkpoint_every", "skip_nonfinite",
-                               "logger", "compile", "threads"})
+                               "logger", "compile", "threads", "max_minutes"})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -297,12 +298,6 @@ def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, data: DataSet
     ckpt_path = run_dir / CHECKPOINT_NAME
     if trainer.epoch == 0:
         logger.log_config(config.to_dict())
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=config.epochs, initial=trainer.epoch, desc="pyro-vae", unit="epoch",
-                   dynamic_ncols=True)
     interrupted = {"flag": False}
 
     def on_sigint(signum, frame):  # finish the epoch, checkpoint, then stop
@@ -310,25 +305,34 @@ def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, data: DataSet
 
     previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
     try:
-        while trainer.epoch < config.epochs and not interrupted["flag"]:
-            metrics = trainer.train_epoch()
-            if trainer.epoch % config.checkpoint_every == 0 or trainer.epoch == config.epochs \
-                    or interrupted["flag"]:
-                save_checkpoint(trainer.state_dict(), ckpt_path)
-                trainer.checkpoint_epoch = trainer.epoch
-            write_metrics(run_dir, trainer.history)
-            logger.log_metrics(metrics, trainer.epoch)
-            if bar is not None:
-                bar.set_postfix(train_obj=f"{-metrics['train_loss']:.3f}",
-                                test_elbo=f"{metrics['test_elbo']:.3f}")
-                bar.update(1)
-            if on_epoch is not None:
-                on_epoch(metrics)
+        with budget(config.max_minutes, progress), job(
+                "training", config.epochs - trainer.epoch, "epoch",
+                "lower --epochs or the data (--max-train)",
+                warmup=1 if config.epochs - trainer.epoch > 1 else 0) as work:
+            while trainer.epoch < config.epochs and not interrupted["flag"]:
+                metrics = trainer.train_epoch()
+                # the first epochs are the probe (the first, which traces or compiles, only
+                # warms up): a run projected past --max-minutes stops there
+                if trainer.epoch % config.checkpoint_every == 0 \
+                        or trainer.epoch == config.epochs or interrupted["flag"]:
+                    save_checkpoint(trainer.state_dict(), ckpt_path)
+                    trainer.checkpoint_epoch = trainer.epoch
+                write_metrics(run_dir, trainer.history)
+                logger.log_metrics(metrics, trainer.epoch)
+                if on_epoch is not None:
+                    on_epoch(metrics)
+                work.postfix = (f"train objective {-metrics['train_loss']:.3f}, test ELBO "
+                                f"{metrics['test_elbo']:.3f}")
+                try:
+                    work.advance()
+                except BudgetError as exc:  # refused after epochs that are worth keeping
+                    if trainer.checkpoint_epoch != trainer.epoch:
+                        save_checkpoint(trainer.state_dict(), ckpt_path)
+                    raise BudgetError(f"{exc} (the {trainer.epoch} epochs trained so far are "
+                                      f"saved in {run_dir}: --resume continues them)") from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-        if bar is not None:
-            bar.close()
     if not ckpt_path.exists():
         save_checkpoint(trainer.state_dict(), ckpt_path)
     if interrupted["flag"]:

@@ -65,9 +65,13 @@ from torch import nn
 
 from pyro_vae.errors import ConfigError, DataError, check_count
 from pyro_vae.infer.problem import ModelError, Problem, describe, program_of, site_log_prob
+from pyro_vae.jobs import job, report
 from pyro_vae.models.vae import VAE, evaluating, frozen
 from pyro_vae.nn.module import module_of
-from pyro_vae.resources import check_draws, points_per_chunk
+from pyro_vae.resources import check_draws, check_memory, points_per_chunk
+
+#: the unit AIS reports its work in: one leapfrog step of every chain of one point
+LEAPFROG = "leapfrog step"
 
 TARGET_ACCEPTANCE = 0.65
 #: the standard error needs at least this many chains (the jackknife's degrees of freedom)
@@ -80,6 +84,8 @@ MAX_UNEVEN_FRACTION = 0.1
 
 def schedule(num_steps: int, kind: str = "sigmoid", delta: float = 4.0) -> torch.Tensor:
     """β_0 = 0 < … < β_T = 1: ``sigmoid`` (Grosse et al. 2015) or ``linear``."""
+    # the schedule, its temporaries and the step size kept per temperature
+    check_memory(f"--ais-steps {num_steps}", 4 * 8 * (num_steps + 1), "lower --ais-steps")
     if kind == "linear":
         return torch.linspace(0.0, 1.0, num_steps + 1, dtype=torch.float64)
     if kind != "sigmoid":
@@ -258,6 +264,7 @@ def _hmc_step(annealer: _Annealer, state: _State, beta: float, step: torch.Tenso
     new = state
     for i in range(leapfrog_steps):
         new = _State.at(annealer, new.u + eps * p)
+        report(new.u.shape[1], LEAPFROG)
         if i < leapfrog_steps - 1:
             p = p + eps * new.grad_target(beta)
     p = p + 0.5 * eps * new.grad_target(beta)
@@ -408,24 +415,27 @@ def ais_log_likelihood(
     _check_data(x)
     y = _labels(vae, y)
     draws = num_chains + pilot_chains
-    check_draws(vae, draws, "--ais-chains")
+    check_draws(vae, draws, f"--ais-chains {num_chains}" + (
+        f" (+ {pilot_chains} pilot chains)" if pilot_chains else ""), "--ais-chains")
     # points per batch: chains × points × the decoder's activations per draw within a chunk
     batch_size = min(batch_size, points_per_chunk(vae, draws))
     out, ess, acc, log_ws = [], [], [], []
-    for start in range(0, x.shape[0], batch_size):
-        xb = x[start:start + batch_size]
-        yb = None if y is None else y[start:start + batch_size]
-        problem, q = _problem(vae, xb, yb, proposal, guide, "AIS")
-        with frozen_program(vae, problem, q):
-            annealer = _Annealer(problem, xb, yb, proposal, q)
-            u0 = annealer.sample_start(num_chains)
-            pilot = annealer.sample_start(pilot_chains) if pilot_chains else None
-            log_w, _, a, _ = _anneal(annealer, u0, betas, leapfrog_steps, step_size, pilot)
-        log_ws.append(log_w)
-        out.append((torch.logsumexp(log_w, 0) - math.log(num_chains)).float())
-        w = torch.softmax(log_w, 0)
-        ess.append((1.0 / (w ** 2).sum(0)).float())
-        acc.append(a)
+    with job("AIS log-likelihood", x.shape[0] * num_steps * leapfrog_steps, LEAPFROG,
+             "lower --ais-steps, --ais-leapfrog or the number of points"):
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start:start + batch_size]
+            yb = None if y is None else y[start:start + batch_size]
+            problem, q = _problem(vae, xb, yb, proposal, guide, "AIS")
+            with frozen_program(vae, problem, q):
+                annealer = _Annealer(problem, xb, yb, proposal, q)
+                u0 = annealer.sample_start(num_chains)
+                pilot = annealer.sample_start(pilot_chains) if pilot_chains else None
+                log_w, _, a, _ = _anneal(annealer, u0, betas, leapfrog_steps, step_size, pilot)
+            log_ws.append(log_w)
+            out.append((torch.logsumexp(log_w, 0) - math.log(num_chains)).float())
+            w = torch.softmax(log_w, 0)
+            ess.append((1.0 / (w ** 2).sum(0)).float())
+            acc.append(a)
     log_w = torch.cat(log_ws, 1)
     w = torch.softmax(log_w, 0)
     # w_c / mean(w) = C · softmax: sd of that over √C is the delta-method error
@@ -517,7 +527,9 @@ def bdmc(vae: Any, num_points: int = 16, num_steps: int = 2000, num_chains: int 
     y = _labels(vae, y)
     problem, q = _problem(vae, x_sim, y, proposal, guide, "BDMC", model=model)
     z_star = problem.unconstrain(latents, 1)  # (1, B, D)
-    with frozen_program(vae, problem, q):
+    with frozen_program(vae, problem, q), job(
+            "BDMC", 2 * x_sim.shape[0] * num_steps * leapfrog_steps, LEAPFROG,
+            "lower num_steps, leapfrog_steps or num_points"):
         annealer = _Annealer(problem, x_sim, y, proposal, q)
         z0 = annealer.sample_start(num_chains)
         pilot = annealer.sample_start(pilot_chains) if pilot_chains else None

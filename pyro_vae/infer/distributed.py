@@ -177,6 +177,12 @@ class DistributedResult:
     device: torch.device
 
 
+def _release_process_group() -> None:
+    """Destroy the default process group if one is initialized in this process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def train_distributed(config: Config, data: DataSet,
                       progress: bool = True) -> DistributedResult | None:
     """Train with ``config.strategy`` on ``config.devices`` × ``config.num_nodes`` workers.
@@ -209,22 +215,29 @@ def train_distributed(config: Config, data: DataSet,
         torch.utils.data.TensorDataset(torch.arange(data.x_train.shape[0])),
         batch_size=config.batch_size, shuffle=True)
     start = time.perf_counter()
+    # the process group is this run's: one left behind by an earlier run in the same process
+    # would be reused by Lightning whatever its size (a --num-nodes 2 run would then train alone)
+    _release_process_group()
     try:
-        trainer.fit(module, loader)
-    except (RuntimeError, torch.distributed.DistStoreError) as exc:
-        if "timed out" not in str(exc).lower() and "timeout" not in str(exc).lower():
-            raise
-        raise ConfigError(f"the {config.devices * config.num_nodes} DDP workers did not all join "
-                          f"within {RENDEZVOUS_SECONDS} s (--num-nodes {config.num_nodes}: start "
-                          "the same command on every node, with MASTER_ADDR / MASTER_PORT / "
-                          "NODE_RANK set), or use --num-nodes 1") from None
-    seconds = time.perf_counter() - start
-    flat = module.flat_parameters()
-    spread = 0.0
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        gathered = [torch.empty_like(flat) for _ in range(torch.distributed.get_world_size())]
-        torch.distributed.all_gather(gathered, flat)
-        spread = max(float((g - gathered[0]).abs().max()) for g in gathered)
+        try:
+            trainer.fit(module, loader)
+        except (RuntimeError, torch.distributed.DistStoreError) as exc:
+            if "timed out" not in str(exc).lower() and "timeout" not in str(exc).lower():
+                raise
+            raise ConfigError(
+                f"the {config.devices * config.num_nodes} DDP workers did not all join within "
+                f"{RENDEZVOUS_SECONDS} s (--num-nodes {config.num_nodes}: start the same command "
+                "on every node, with MASTER_ADDR / MASTER_PORT / NODE_RANK set), or use "
+                "--num-nodes 1") from None
+        seconds = time.perf_counter() - start
+        flat = module.flat_parameters()
+        spread = 0.0
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered = [torch.empty_like(flat) for _ in range(torch.distributed.get_world_size())]
+            torch.distributed.all_gather(gathered, flat)
+            spread = max(float((g - gathered[0]).abs().max()) for g in gathered)
+    finally:
+        _release_process_group()
     if not trainer.is_global_zero:
         return None
 

@@ -37,6 +37,7 @@ from torch.distributions import Distribution, kl_divergence
 from pyro_vae.data.datasets import DataSet, validate_arrays
 from pyro_vae.errors import ConfigError, check_count
 from pyro_vae.infer.problem import Problem, describe, program_of
+from pyro_vae.jobs import job, report
 from pyro_vae.models.vae import VAE, evaluating
 from pyro_vae.nn.module import module_of
 from pyro_vae.resources import FLOAT_BYTES, check_memory, per_sample_elements, points_per_chunk
@@ -148,6 +149,7 @@ def elbo_terms(
         if exact is None:
             kl_mc = kl_mc + (terms["log_q"] - terms["log_prior"]).sum(0) / num_samples
         done += k
+        report(k * x.shape[0], "ELBO draw")
     kl = kl_mc if exact is None else exact
     return {"elbo": recon - kl, "recon": recon, "kl": kl}
 
@@ -217,7 +219,9 @@ def evaluate_elbo(
             cache[key] = problem_of(vae, xb, yb, guide)
         return elbo_terms(vae, xb, yb, num_samples, guide, problem=cache[key])
 
-    with evaluating(*_owners(vae, guide)):
+    with evaluating(*_owners(vae, guide)), job(
+            "ELBO evaluation", x.shape[0] * num_samples, "ELBO draw",
+            "lower the ELBO samples (--elbo-samples) or the number of points"):
         terms = _batched(chunk, x, y, batch_size)
     return {k: Estimate.of(v) for k, v in terms.items()}
 
@@ -261,7 +265,9 @@ def iwae_log_likelihood(
     dims = per_sample_elements(vae) if isinstance(vae, torch.nn.Module) \
         else math.prod(x.shape[1:]) * num_params
     out = []
-    with evaluating(*_owners(vae, guide)):
+    with evaluating(*_owners(vae, guide)), job(
+            "IWAE log-likelihood", x.shape[0] * num_samples, "importance draw",
+            "lower --iw-samples or the number of points") as work:
         for start in range(0, x.shape[0], batch_size):
             xb = x[start:start + batch_size]
             yb = None if y is None else y[start:start + batch_size]
@@ -271,6 +277,7 @@ def iwae_log_likelihood(
             while running.count < num_samples:
                 k = min(k_chunk, num_samples - running.count)
                 running.add(problem.log_weights(xb, yb, k))
+                work.advance(k * xb.shape[0])
             out.append(running.result())
             if progress is not None:
                 progress(xb.shape[0])

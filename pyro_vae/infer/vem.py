@@ -58,6 +58,7 @@ from pyro_vae.infer.problem import (
     describe,
     program_of,
 )
+from pyro_vae.jobs import job
 from pyro_vae.models.vae import VAE, evaluating, frozen, kl_scale
 from pyro_vae.nn.module import module_of
 from pyro_vae.resources import CHUNK_ELEMENTS, points_per_chunk
@@ -539,7 +540,11 @@ def fit_local(
     curve = [float(current.mean())]
     step = 0
     b1, b2, adam_eps = 0.9, 0.999, 1e-8
-    with frozen(*_modules(vae, guide)):
+    # the job's total is the bound max_steps per point: most points stop sooner, so its
+    # projection and ETA are upper bounds
+    with frozen(*_modules(vae, guide)), job(
+            "per-point fits", n * max_steps, "point-step",
+            "lower --max-steps or the number of points") as work:
         while active.numel():
             x_act = x[active]
             y_act = None if yy is None else yy[active]
@@ -553,6 +558,7 @@ def fit_local(
                 grads = torch.autograd.grad(loss, list(leaves.values()))
                 step += 1
                 taken += 1
+                work.advance(active.numel())
                 with torch.no_grad():  # Adam (torch's update), one learning rate per point
                     c1, c2 = 1 - b1 ** step, (1 - b2 ** step) ** 0.5
                     for (k, p), g in zip(leaves.items(), grads, strict=True):

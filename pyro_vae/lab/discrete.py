@@ -49,6 +49,7 @@ from pyro_vae.infer.discrete import (
     DiscreteObjective,
     exact_objective,
 )
+from pyro_vae.jobs import job
 from pyro_vae.lab import reporting
 from pyro_vae.lab.variance import (
     AVG_WARMUP,
@@ -144,19 +145,23 @@ def measure_discrete_estimator(
                 return flat_gradients(-loss, groups)
             return ascent_and_baseline_step(loss, groups, net, optim)
 
-        with pyro.validation_enabled(False):
-            steps = {"score-nn": warmup, "score-avg": min(warmup, AVG_WARMUP)}.get(estimator, 0)
+        steps = {"score-nn": warmup, "score-avg": min(warmup, AVG_WARMUP)}.get(estimator, 0)
+        with pyro.validation_enabled(False), job(
+                "gradient estimates", steps + repeats, "gradient estimate",
+                "lower --repeats (or --warmup)") as work:
             for _ in range(steps):
                 if net is None:
                     with torch.no_grad():
                         objective.differentiable_loss(x)
                 else:
                     one()
+                work.advance()
             moments: dict[str, GradientMoments] = {}
             start = time.perf_counter()
             for _ in range(repeats):
                 for g, v in one().items():
                     moments.setdefault(g, GradientMoments()).add(v)
+                work.advance()
             seconds = (time.perf_counter() - start) / repeats
     result = DiscreteEstimatorResult(
         estimator, num_particles, temperature if estimator in RELAXED else None,
@@ -196,14 +201,17 @@ def run_discrete_lab(
     groups = parameter_groups(vae)
     exact_elbo = exact_gradient(vae, x, 1, groups)
     results = []
-    for estimator in estimators:
-        pyro.set_rng_seed(seed)
-        k = num_particles if estimator in ("vimco", "rloo") else 1
-        exact = exact_elbo if k == 1 or estimator == "rloo" else \
-            exact_gradient(vae, x, k, groups)  # rloo's K draws estimate the ELBO's gradient
-        results.append(measure_discrete_estimator(
-            vae, x, estimator, k, temperature, 2 if estimator == "enum" else repeats, warmup,
-            exact))
+    with job("discrete variance lab", len(estimators), "setting",
+             "lower --repeats or measure fewer estimators", units_are_jobs=True) as work:
+        for estimator in estimators:
+            pyro.set_rng_seed(seed)
+            k = num_particles if estimator in ("vimco", "rloo") else 1
+            exact = exact_elbo if k == 1 or estimator == "rloo" else \
+                exact_gradient(vae, x, k, groups)  # rloo's K draws estimate the ELBO's gradient
+            results.append(measure_discrete_estimator(
+                vae, x, estimator, k, temperature, 2 if estimator == "enum" else repeats,
+                warmup, exact))
+            work.advance()
     return results
 
 
@@ -213,11 +221,14 @@ def temperature_sweep(vae: Any, x: torch.Tensor,
     """``relaxed`` and ``relaxed-st`` at each temperature."""
     exact = exact_gradient(vae, x, 1, parameter_groups(vae))
     results = []
-    for estimator in RELAXED:
-        for tau in temperatures:
-            pyro.set_rng_seed(seed)
-            results.append(measure_discrete_estimator(vae, x, estimator, 1, tau, repeats,
-                                                      exact=exact))
+    with job("temperature sweep", len(RELAXED) * len(temperatures), "setting",
+             "lower --repeats or give fewer --temperatures", units_are_jobs=True) as work:
+        for estimator in RELAXED:
+            for tau in temperatures:
+                pyro.set_rng_seed(seed)
+                results.append(measure_discrete_estimator(vae, x, estimator, 1, tau, repeats,
+                                                          exact=exact))
+                work.advance()
     return results
 
 

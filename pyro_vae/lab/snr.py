@@ -46,6 +46,7 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.infer.discrete import VIMCO_ELBO
 from pyro_vae.infer.importance import IW_ESTIMATORS, OBJECTIVES, ImportanceWeightedELBO
 from pyro_vae.infer.problem import Problem
+from pyro_vae.jobs import job
 from pyro_vae.lab import reporting
 from pyro_vae.lab.variance import (
     LAB_ESTIMATORS,
@@ -230,11 +231,15 @@ def run_snr_lab(vae: Any, x: torch.Tensor, y: torch.Tensor | None = None,
                             for k in particles):
         raise ConfigError("--particles takes positive integers; give e.g. --particles 1,4,16,64")
     points = []
-    for estimator in estimators:
-        for k in particles:
-            pyro.set_rng_seed(seed)
-            points.append(measure_snr(vae, x, y, objective, estimator, k, num_groups, repeats,
-                                      guide, warmup))
+    with job("SNR lab", len(estimators) * len(particles), "setting",
+             "lower --repeats or --particles, or measure fewer estimators",
+             units_are_jobs=True) as work:
+        for estimator in estimators:
+            for k in particles:
+                pyro.set_rng_seed(seed)
+                points.append(measure_snr(vae, x, y, objective, estimator, k, num_groups,
+                                          repeats, guide, warmup))
+                work.advance()
     groups = list(dict.fromkeys(g for p in points for g in p.groups))
     slopes = [fit_slope(points, e, g) for e in estimators for g in groups]
     return points, slopes

@@ -107,6 +107,7 @@ from pyro_vae.infer.estimators import (
 )
 from pyro_vae.infer.evaluation import elbo_terms, problem_of
 from pyro_vae.infer.problem import Problem
+from pyro_vae.jobs import job
 from pyro_vae.lab import reporting
 from pyro_vae.models.vae import VAE
 from pyro_vae.nn.module import module_of
@@ -694,9 +695,12 @@ def sample_gradients(setup: _Setup, groups: dict[str, list[torch.Tensor]], repea
     """R estimates (after the warm-up): their moments per group, and the seconds per estimate
     with its standard error."""
     cuda = device is not None and device.type == "cuda"
-    with pyro.validation_enabled(False):  # argument checks cost more than the nets
+    with pyro.validation_enabled(False), job(  # argument checks cost more than the nets
+            "gradient estimates", setup.warmup_steps + repeats, "gradient estimate",
+            "lower --repeats (or --warmup)") as work:
         for _ in range(setup.warmup_steps):
             setup.warm_up()
+            work.advance()
         moments: dict[str, GradientMoments] = {}
         times = []
         for _ in range(repeats):
@@ -713,6 +717,7 @@ def sample_gradients(setup: _Setup, groups: dict[str, list[torch.Tensor]], repea
             times.append(time.perf_counter() - start)
             for g, v in grads.items():
                 moments.setdefault(g, GradientMoments()).add(v)
+            work.advance()
     t = torch.tensor(times, dtype=torch.float64)
     se = float(t.std() / math.sqrt(len(times))) if len(times) > 1 else float("nan")
     return moments, float(t.mean()), se
@@ -808,20 +813,25 @@ def run_lab(
         estimators = default_estimators(lab_problem(vae, x, y, guide))
     for estimator in estimators:
         check_lab_estimator(estimator, "mc")
-    results = []
+    settings = []
     for estimator in estimators:
         for kl in kls:
             impl = resolve_implementation(vae, guide, estimator, implementation)
             if kl == "analytic" and ((impl == "pyro" and estimator in SCORE_FAMILY) or (
                     estimator in BINARY_ESTIMATORS and estimator != "gumbel-softmax")):
                 continue
-            for s in samples:
-                if (estimator == "rloo" and s < 2) or (estimator in ("rebar", "relax")
-                                                       and s != 1):
-                    continue
-                pyro.set_rng_seed(seed)
-                results.append(measure_estimator(vae, x, y, estimator, kl, s, repeats,
-                                                 implementation, warmup, guide))
+            settings += [(estimator, kl, s) for s in samples
+                         if not ((estimator == "rloo" and s < 2)
+                                 or (estimator in ("rebar", "relax") and s != 1))]
+    results = []
+    with job("variance lab", len(settings), "setting",
+             "lower --repeats or measure fewer estimators, KL modes or sample sizes",
+             units_are_jobs=True) as work:
+        for estimator, kl, s in settings:
+            pyro.set_rng_seed(seed)
+            results.append(measure_estimator(vae, x, y, estimator, kl, s, repeats,
+                                             implementation, warmup, guide))
+            work.advance()
     return results
 
 

@@ -129,6 +129,8 @@ def test_ddp_skips_and_counts_non_finite_steps(monkeypatch):
     result = distributed.train_distributed(config, prepare_data(config), progress=False)
     assert result.payload["history"][0]["skipped_steps"] == 2
     assert all(torch.isfinite(t).all() for t in result.payload["model"].values())
+    # the run's process group is gone with it: a later run in this process starts its own
+    assert not torch.distributed.is_initialized()
     with pytest.raises(TrainingDivergedError, match="became inf at epoch 1, step 1"):
         calls["n"] = 0
         distributed.train_distributed(config.replace(skip_nonfinite=False),
