@@ -25,12 +25,37 @@ class ConfigError(PyroVAEError, ValueError):
     """An option has an unknown or out-of-range value."""
 
 
-def check_count(name: str, value: object) -> int:
-    """``value`` if it is an integer ≥ 1 (not a bool), else :class:`ConfigError`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be an integer ≥ 1, got {value!r}; "
-                          "give a whole number such as 1")
+def check_count(name: str, value: object, least: int = 1) -> int:
+    """``value`` if it is an integer ≥ ``least`` (not a bool), else :class:`ConfigError`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigError(f"{name} must be an integer ≥ {least}, got {value!r}; "
+                          f"give a whole number such as {max(least, 1)}")
     return value
+
+
+def check_real(name: str, value: object, low: float = 0.0, high: float = float("inf"),
+               *, low_open: bool = True, high_open: bool = True, example: str = "") -> float:
+    """``value`` as a float if it is a finite real number (not a bool) between ``low`` and
+    ``high`` (excluded where ``*_open``), else :class:`ConfigError` naming the range."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and value == value and abs(value) != float("inf")
+    if ok:
+        v = float(value)  # type: ignore[arg-type]
+        ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+    if not ok:
+        if high == float("inf"):
+            where = f"{'>' if low_open else '≥'} {low:g}"
+        else:
+            where = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ConfigError(f"{name} must be a finite number {where}, got {value!r}; "
+                          f"e.g. {example or name + '=' + _example(low, high)}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def _example(low: float, high: float) -> str:
+    if high != float("inf"):
+        return f"{(low + high) / 2:g}"
+    return f"{max(low, 0) + 1:g}" if low >= 0 else "0"
 
 
 class ModelError(PyroVAEError, ValueError):

@@ -232,11 +232,14 @@ def train_run(
     ``epochs``/``device``); the numbers equal those of an uninterrupted run with the same seed.
     Everything is validated before the folder is created, so a bad option leaves nothing behind.
     """
+    if not isinstance(config, Config):
+        raise ConfigError(f"train_run takes a Config, got {type(config).__name__}; build one "
+                          "with Config(**options) or Config.from_dict(d)")
+    if not str(_folder(run_dir)).strip() or not os.fspath(run_dir).strip():
+        raise ConfigError("the run folder is an empty path; give --out a folder name")
+    run_dir = Path(run_dir)
     config = config.resolved()
     device = resolve_device(config.device)
-    run_dir = Path(run_dir)
-    if not str(run_dir).strip():
-        raise ConfigError("the run folder is an empty path; give --out a folder name")
     if resume and not (run_dir / CHECKPOINT_NAME).exists():
         load_checkpoint(run_dir / CHECKPOINT_NAME)  # the one-line "no checkpoint" error
     torch.set_num_threads(config.torch_threads(config.arch))
@@ -388,10 +391,18 @@ class LoadedRun:
     device: torch.device
 
 
+def _folder(path: Any) -> Path:
+    """``path`` as a Path, or :class:`ConfigError` for what is not a path."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"a run folder is a path (str or pathlib.Path), got "
+                          f"{type(path).__name__}; e.g. 'runs/digits'")
+    return Path(path)
+
+
 def load_run(run_dir: str | Path, device: str = "cpu", load_data: bool = True) -> LoadedRun:
     """Rebuild the trained model of a run folder (or checkpoint file) and, optionally, its data."""
     dev = resolve_device(device)
-    state = load_checkpoint(run_dir, map_location=dev)
+    state = load_checkpoint(_folder(run_dir), map_location=dev)
     vae = model_from_payload(state).to(dev)
     config = Config.from_dict(state["config"]).replace(device=str(dev))
     restore_model(vae, state)

@@ -352,3 +352,135 @@ def test_load_run_of_a_folder_without_a_run(tmp_path):
 def test_api_entry_points_raise_the_librarys_errors(call, match):
     with pytest.raises(PyroVAEError, match=match):
         call()
+
+
+# --------------------------------------------------------------------------- API: arguments
+def _user_program(to_event: bool = True, with_params: bool = True):
+    """A plain Pyro model/guide pair as a user writes it (x: (N, 3)), for Trainer."""
+    import pyro
+    import pyro.distributions as dist
+
+    from pyro_vae.infer.trainer import ModelGuide
+
+    decoder = torch.nn.Linear(2, 3)
+
+    def model(x, y=None, indices=None):
+        if with_params:
+            pyro.module("hostile_decoder", decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+            loc = decoder(z) if with_params else z.sum(-1, keepdim=True).expand(-1, 3)
+            obs = dist.Normal(loc, 1.0)
+            pyro.sample("x", obs.to_event(1) if to_event else obs, obs=x)
+
+    def guide(x, y=None, indices=None):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+
+    return ModelGuide(model, guide)
+
+
+def _vector_data(n=32, width=3, scale=1.0):
+    from pyro_vae.data import DataSet
+
+    x = torch.randn(n, width) * scale
+    return DataSet("user", x[: n // 2], x[n // 2:], None, None, "vector")
+
+
+@pytest.mark.parametrize("call, error, match", [
+    # data sets are checked where they are made
+    (lambda: __import__("pyro_vae").data.DataSet("d", torch.zeros(4, 3), torch.zeros(2, 2),
+                                                  None, None, "vector"), DataError,
+     "the test points"),
+    (lambda: __import__("pyro_vae").data.DataSet("d", torch.zeros(4, 3), torch.zeros(2, 3),
+                                                  None, None, "tabular"), DataError,
+     "unknown data kind"),
+    (lambda: _vector_data(scale=1e30), DataError, "squares overflow"),
+    (lambda: __import__("pyro_vae").data.DataSet("d", [[1.0]], torch.zeros(2, 1), None, None,
+                                                  "vector"), DataError, "torch.Tensor"),
+    (lambda: __import__("pyro_vae").evaluate_elbo(small_vae(), [[0.0] * 6]), DataError,
+     "torch.Tensor"),
+    # a user's program that cannot be trained as written
+    (lambda: __import__("pyro_vae").Trainer(_user_program(with_params=False), _vector_data(),
+                                            Config(batch_size=8)),
+     PyroVAEError, "no parameters to train"),
+    # runs
+    (lambda: train_run({"epochs": 1}, "out"), ConfigError, "takes a Config"),
+    (lambda: load_run(3), ConfigError, "a run folder is a path"),
+])
+def test_api_inputs_are_refused_where_they_enter(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def _vem(**kw):
+    from pyro_vae.infer.vem import VariationalEM
+
+    return VariationalEM(small_vae(num_data=8), **{"num_data": 8, **kw})
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(kl="nope"), "unknown kl"), (dict(e_lr=-1.0), "e_lr must be a finite number > 0"),
+    (dict(e_lr=float("nan")), "e_lr"), (dict(m_lr=0.0), "m_lr"),
+    (dict(num_particles=0), "num_particles"), (dict(num_data=0), "num_data"),
+])
+def test_variational_em_options_are_validated(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        _vem(**kw)
+
+
+def test_variational_em_refuses_data_of_another_size_than_num_data():
+    """It used to train with the plate scaled to num_data and rows for points that never come
+    (train ELBO −19.7 instead of −6.0 on 32 points told num_data=100)."""
+    vem = _vem()
+    with pytest.raises(ConfigError, match=r"made for num_data=8.*num_data=12"):
+        vem.fit(make_batch(12), None, epochs=1, batch_size=4)
+    with pytest.raises(ConfigError, match="epochs"):
+        vem.fit(make_batch(8), None, epochs=0, batch_size=4)
+
+
+#: values that are invalid for a count (an integer ≥ 1) and for a positive real, each
+BAD_COUNTS = st.sampled_from([0, -1, 2.5, float("nan"), "3", True, None])
+BAD_POSITIVE = st.sampled_from([0.0, -1.0, float("nan"), float("inf"), "3", True, None])
+
+
+def _api_calls():
+    """(function, keyword, kind) for the public functions' size and step arguments."""
+    from pyro_vae import evaluate_elbo, iwae_log_likelihood
+    from pyro_vae.infer.ais import ais_log_likelihood, bdmc
+    from pyro_vae.infer.vem import fit_local
+    from pyro_vae.lab.gap import amortization_gap
+
+    x = make_batch(4)
+
+    def with_vae(fn, **fixed):
+        return lambda **kw: fn(small_vae(), x, **fixed, **kw)
+
+    return [
+        (with_vae(evaluate_elbo), "num_samples", "count"),
+        (with_vae(evaluate_elbo), "batch_size", "count"),
+        (with_vae(iwae_log_likelihood), "num_samples", "count"),
+        (with_vae(iwae_log_likelihood), "batch_size", "count"),
+        (with_vae(ais_log_likelihood, num_steps=2), "num_chains", "count"),
+        (with_vae(ais_log_likelihood, num_steps=2), "leapfrog_steps", "count"),
+        (with_vae(ais_log_likelihood, num_steps=2), "step_size", "positive"),
+        (lambda **kw: bdmc(small_vae(), num_points=2, num_steps=2, **kw), "step_size",
+         "positive"),
+        (with_vae(fit_local, max_steps=2), "lr", "positive"),
+        (with_vae(fit_local), "max_steps", "count"),
+        (with_vae(fit_local, max_steps=2), "num_samples", "count"),
+        (with_vae(fit_local, max_steps=2), "check_every", "count"),
+        (with_vae(amortization_gap, iw_samples=4, eval_samples=2), "ais_chains", "count"),
+        (with_vae(amortization_gap, eval_samples=2), "iw_samples", "count"),
+    ]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=st.integers(0, 13), count=BAD_COUNTS, positive=BAD_POSITIVE)
+def test_every_size_and_step_argument_of_the_api_is_validated(case, count, positive):
+    """A property-based sweep: any invalid size or step given to a public function is the
+    library's one-line error naming the argument, never a raw exception or a silent run."""
+    fn, name, kind = _api_calls()[case]
+    value = count if kind == "count" else positive
+    with pytest.raises(ConfigError, match=name):
+        fn(**{name: value})

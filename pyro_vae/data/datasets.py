@@ -52,6 +52,10 @@ FASHION_MNIST_CLASSES = (
 CIRCLE_NOISE = 0.1
 
 
+#: what a data set's points are: images (C, H, W) in [0, 1], 2-D points, or feature vectors
+DATA_KINDS = ("image", "points", "vector")
+
+
 @dataclass(frozen=True)
 class DataSet:
     """Train and test tensors plus what the model and the figures need to know.
@@ -66,6 +70,23 @@ class DataSet:
     y_test: torch.Tensor | None
     kind: str
     class_names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        """Every data set is checked where it is made (:func:`validate_arrays` on both splits;
+        the splits' widths agree; a known ``kind``), so no tool meets NaN, overflowing values,
+        mismatched labels or a test set of another width."""
+        if self.kind not in DATA_KINDS:
+            raise DataError(f"unknown data kind {self.kind!r}; use one of "
+                            f"{', '.join(DATA_KINDS)}")
+        validate_arrays(self.x_train, self.y_train, f"{self.name} training data")
+        validate_arrays(self.x_test, self.y_test, f"{self.name} test data")
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise DataError(f"{self.name}: the training points have shape "
+                            f"{tuple(self.x_train.shape[1:])} but the test points "
+                            f"{tuple(self.x_test.shape[1:])}; give both splits the same columns")
+        if (self.y_train is None) != (self.y_test is None):
+            raise DataError(f"{self.name}: labels are given for one split only; give y_train and "
+                            "y_test, or neither")
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -103,7 +124,15 @@ MAX_CLASSES = 100_000
 
 
 def validate_arrays(x: torch.Tensor, y: torch.Tensor | None, what: str) -> None:
-    """Reject empty data, NaN / inf, and labels that do not match the data."""
+    """Reject what is not a tensor, empty data, NaN / inf, values whose square overflows the
+    dtype (a Gaussian likelihood squares residuals: 1e30 in float32 would score as −inf), and
+    labels that do not match the data."""
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f"{what} must be a torch.Tensor, got {type(x).__name__}; convert it with "
+                        "torch.as_tensor(x, dtype=torch.float32)")
+    if y is not None and not isinstance(y, torch.Tensor):
+        raise DataError(f"the labels of {what} must be a torch.Tensor, got {type(y).__name__}; "
+                        "convert them with torch.as_tensor(y, dtype=torch.long)")
     if x.dim() < 2:
         raise DataError(
             f"{what} must have one row per data point and at least one feature, got shape "
@@ -122,6 +151,10 @@ def validate_arrays(x: torch.Tensor, y: torch.Tensor | None, what: str) -> None:
         raise DataError(
             f"{what} contains {bad} NaN or infinite values; remove or impute them first"
         )
+    largest = float(x.abs().max())
+    if largest > math.sqrt(torch.finfo(x.dtype).max):
+        raise DataError(f"{what} holds values up to {largest:.3g}, whose squares overflow "
+                        f"{x.dtype}; standardize or rescale the data")
     if y is not None:
         if y.shape != (x.shape[0],):
             raise DataError(
@@ -534,7 +567,4 @@ def load_dataset(
         data = load_file(data_path, split_seed, test_fraction, image_size, label_column)
     else:
         raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-    data = data.subset(max_train, max_test)
-    validate_arrays(data.x_train, data.y_train, f"{name} training data")
-    validate_arrays(data.x_test, data.y_test, f"{name} test data")
-    return data
+    return data.subset(max_train, max_test)  # checked as it is made (DataSet)

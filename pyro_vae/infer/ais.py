@@ -63,7 +63,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from pyro_vae.errors import ConfigError, DataError, check_count
+from pyro_vae.errors import ConfigError, DataError, check_count, check_real
 from pyro_vae.infer.problem import ModelError, Problem, describe, program_of, site_log_prob
 from pyro_vae.jobs import job, report
 from pyro_vae.models.vae import VAE, evaluating, frozen
@@ -408,6 +408,7 @@ def ais_log_likelihood(
     for name, value in (("num_steps", num_steps), ("num_chains", num_chains),
                         ("leapfrog_steps", leapfrog_steps), ("batch_size", batch_size)):
         check_count(name, value)
+    check_real("step_size", step_size, example="step_size=0.1")
     betas = schedule(num_steps, schedule_kind)
     if isinstance(pilot_chains, bool) or not isinstance(pilot_chains, int) or pilot_chains < 0:
         raise ConfigError(f"pilot_chains must be an integer ≥ 0, got {pilot_chains!r}; "
@@ -522,6 +523,7 @@ def bdmc(vae: Any, num_points: int = 16, num_steps: int = 2000, num_chains: int 
     check_count("num_chains", num_chains)
     check_count("num_steps", num_steps)
     check_count("leapfrog_steps", leapfrog_steps)
+    check_real("step_size", step_size, example="step_size=0.1")
     betas = schedule(num_steps, schedule_kind)
     x_sim, latents, model = simulate(vae, x, y, num_points)
     y = _labels(vae, y)

@@ -506,6 +506,24 @@ def data_plate(model_tr: poutine.Trace, batch: int | None = None,
     return DataPlate(frame.name, frame.dim, frame.size, frame.full_size or frame.size)
 
 
+#: what a user's model or guide raises when it cannot run on a batch (tracing, shapes, dtypes,
+#: a distribution's argument checks)
+PROGRAM_ERRORS = (RuntimeError, ValueError, TypeError, KeyError, IndexError, NotImplementedError)
+
+
+def program_failure(exc: BaseException, x: torch.Tensor, what: str = "a batch") -> ModelError:
+    """The one-line :class:`ModelError` for a model or guide that raised ``exc`` on ``x``, with
+    the likely fix where the message shows it."""
+    first = str(exc).strip().split("\n", 1)[0]
+    if "Shape mismatch inside plate" in first:
+        fix = ("declare the observation's (and each latent's) event dimensions with "
+               ".to_event(n), so that only the data dimension meets the plate")
+    else:
+        fix = "check that the data has the shape, dtype and support the model expects"
+    return ModelError(f"model and guide fail on {what} of shape {tuple(x.shape)} ({x.dtype}): "
+                      f"{type(exc).__name__}: {first}; {fix}")
+
+
 def describe(model: Callable[..., Any], guide: Callable[..., Any] | None, x: torch.Tensor,
              y: torch.Tensor | None = None, indices: torch.Tensor | None = None) -> Problem:
     """Trace ``guide`` on the batch ``x`` (labels ``y``), replay ``model`` on it, and describe
@@ -526,12 +544,8 @@ def describe(model: Callable[..., Any], guide: Callable[..., Any] | None, x: tor
                 poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args)
         except PyroVAEError:
             raise
-        except (RuntimeError, ValueError, TypeError, KeyError, IndexError,
-                NotImplementedError) as exc:
-            first = str(exc).strip().split("\n", 1)[0]
-            raise ModelError(f"model and guide fail on a batch of shape {tuple(x.shape)}: "
-                             f"{type(exc).__name__}: {first}; check that the data has the shape, "
-                             "dtype and support the model expects") from exc
+        except PROGRAM_ERRORS as exc:
+            raise program_failure(exc, x) from exc
     plate = data_plate(model_tr, x.shape[0] if x.dim() else None)
     nesting = _nesting(model_tr, guide_tr)
     model_sites = {s["name"]: s for s in _sample_sites(model_tr)}

@@ -57,7 +57,13 @@ from pyro_vae.config import Config
 from pyro_vae.data.datasets import DataSet
 from pyro_vae.data.preparation import binarize, preprocess_data, train_eval_subset
 from pyro_vae.distributions.likelihoods import LIKELIHOODS
-from pyro_vae.errors import CheckpointError, ConfigError, TrainingDivergedError
+from pyro_vae.errors import (
+    CheckpointError,
+    ConfigError,
+    ModelError,
+    PyroVAEError,
+    TrainingDivergedError,
+)
 from pyro_vae.infer.annealing import KLSchedule
 from pyro_vae.infer.batches import Batch, MiniBatches
 from pyro_vae.infer.discrete import DiscreteObjective, TemperatureSchedule
@@ -66,7 +72,7 @@ from pyro_vae.infer.estimators import SCORE_FAMILY, mean_integrand, svi_objectiv
 from pyro_vae.infer.evaluation import evaluate_elbo
 from pyro_vae.infer.importance import ImportanceWeightedELBO
 from pyro_vae.infer.optim import build_optimizer
-from pyro_vae.infer.problem import ProtocolProgram, describe
+from pyro_vae.infer.problem import PROGRAM_ERRORS, ProtocolProgram, describe, program_failure
 from pyro_vae.infer.semi_supervised import LabelledBatches, SemiSupervisedELBO
 from pyro_vae.infer.steps import CompiledWholeStep, EagerStep, JitStep, NonFiniteStepError
 from pyro_vae.models.builder import build_vae
@@ -406,8 +412,18 @@ class Trainer:
         # a data plate that is not subsampled) sees the batch it will be trained on
         b = self._full_batch
         y = self.data.y_train[:b] if self.conditional else None
-        return trainable_params(self.model_fn, self.guide_fn, self.data.x_train[:b], y,
-                                self.owners)
+        x = self.data.x_train[:b]
+        try:
+            params = trainable_params(self.model_fn, self.guide_fn, x, y, self.owners)
+        except PyroVAEError:
+            raise
+        except PROGRAM_ERRORS as exc:
+            raise program_failure(exc, x, "a training batch") from exc
+        if not params:
+            raise ModelError("the model and guide have no parameters to train (no pyro.param, "
+                             "no pyro.module of a network with parameters); register them, e.g. "
+                             "pyro.module('decoder', decoder) inside the model")
+        return params
 
     def _build_optimizer(self) -> None:
         params = list(self.params.values())

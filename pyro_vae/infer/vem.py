@@ -45,8 +45,9 @@ import torch
 from pyro import poutine
 from torch.distributions import constraints
 
+from pyro_vae.data.datasets import validate_arrays
 from pyro_vae.distributions.guides import GuideFamily, draw
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, check_count, check_real
 from pyro_vae.infer.compiled import AdamUpdate, CompiledProgram, NotCompilableError
 from pyro_vae.infer.elbo import make_elbo
 from pyro_vae.infer.evaluation import problem_of
@@ -193,6 +194,13 @@ class VariationalEM:
     def __post_init__(self) -> None:
         if self.mode not in ("alternating", "joint"):
             raise ConfigError(f"unknown vEM mode {self.mode!r}; use alternating or joint")
+        if self.kl not in ("analytic", "mc"):
+            raise ConfigError(f"unknown kl {self.kl!r}; use analytic (closed form) or mc")
+        check_count("num_data", self.num_data)
+        check_count("e_steps", self.e_steps)
+        check_count("num_particles", self.num_particles)
+        check_real("e_lr", self.e_lr, example="e_lr=1e-2")
+        check_real("m_lr", self.m_lr, example="m_lr=1e-3")
         if hasattr(self.vae, "num_data"):  # the library's models scale their plate to N
             self.vae.num_data = self.num_data
         self.local = LocalGuide(self.vae, self.num_data)
@@ -303,8 +311,17 @@ class VariationalEM:
     def fit(self, x_all: torch.Tensor, y_all: torch.Tensor | None, epochs: int,
             batch_size: int, on_epoch: Callable[[dict[str, float]], None] | None = None,
             ) -> list[dict[str, float]]:
-        """Epochs over shuffled mini-batches; records the train ELBO per point and seconds."""
+        """Epochs over shuffled mini-batches; records the train ELBO per point and seconds.
+        ``x_all`` is the whole data set: its size must be the ``num_data`` the local
+        parameters (one row per point) and the plate's N / B scale were made for."""
+        check_count("epochs", epochs)
+        check_count("batch_size", batch_size)
+        validate_arrays(x_all, y_all, "the vEM data")
         n = x_all.shape[0]
+        if n != self.num_data:
+            raise ConfigError(f"fit got {n} points but this VariationalEM was made for "
+                              f"num_data={self.num_data} (one local parameter row per point, the "
+                              f"plate scaled to N); make it with num_data={n}")
         for _ in range(epochs):
             start = time.perf_counter()
             total = 0.0
@@ -506,8 +523,15 @@ def fit_local(
     if guide is not None and family is not None:
         raise ConfigError("fit_local takes either guide= (a user guide: a diagonal q*) or "
                           "family=, not both; drop one")
-    if not 0 < lr_decay < 1:
-        raise ConfigError(f"lr_decay must lie in (0, 1), got {lr_decay}; e.g. 0.5")
+    check_real("lr_decay", lr_decay, 0.0, 1.0, example="lr_decay=0.5")
+    check_real("lr", lr, example="lr=3e-2")
+    check_real("tol", tol, low_open=False, example="tol=1e-4")
+    for name, value in (("num_samples", num_samples), ("check_every", check_every),
+                        ("patience", patience), ("max_steps", max_steps),
+                        ("check_samples", check_samples)):
+        check_count(name, value)
+    check_count("record_steps", record_steps, least=0)
+    validate_arrays(x, y, "the data to fit")
     yy = labels(vae, y)
     problem = model_problem(vae, x, yy)
     problem.require_continuous("per-point fits (vEM, the gap report)")

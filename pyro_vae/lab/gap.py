@@ -61,6 +61,8 @@ from pyro_vae.infer.vem import (
 from pyro_vae.models.vae import VAE, evaluating
 from pyro_vae.resources import CHUNK_ELEMENTS
 
+#: the per-point gradient norm the report's semi-amortized refinement clips at (Kim et al. 2018)
+SA_MAX_GRAD_NORM = 5.0
 #: log p̂(x) takes, per point, the estimate with the highest value − CONFIDENCE · standard error
 CONFIDENCE = 2.0
 #: the estimates log p̂(x) is the best of, in the order the table lists them
@@ -178,15 +180,19 @@ def amortization_gap(
         (:func:`_prior_start_needed`).
     :param semi_amortized: a row between L[q] and L[q*]: **L[q_SA]**, the ELBO of the guide's
         output refined per point by SVI steps
-        (:class:`~pyro_vae.infer.semi_amortized.SemiAmortizedGuide`), scored on
+        (:class:`~pyro_vae.infer.semi_amortized.SemiAmortizedGuide`, each point's gradient
+        clipped at :data:`SA_MAX_GRAD_NORM`), scored on
         ``eval_samples`` draws, and the fraction (L[q_SA] − L[q]) / (L[q*] − L[q]) of the
         amortization gap it closes (mean over points of the two differences). An integer K
         wraps ``guide`` with K steps; a ``SemiAmortizedGuide`` (a model trained as SA-VAE) is
         used as it is, its inner amortized guide then being the report's q.
     :param fit_kwargs: passed to every :func:`~pyro_vae.infer.vem.fit_local`.
     """
-    for name, value in (("iw_samples", iw_samples), ("eval_samples", eval_samples)):
+    for name, value in (("iw_samples", iw_samples), ("eval_samples", eval_samples),
+                        ("ais_chains", ais_chains), ("ais_leapfrog_steps", ais_leapfrog_steps)):
         check_count(name, value)
+    check_count("refine_steps", refine_steps, least=0)
+    check_count("ais_steps", ais_steps, least=0)
     if iw_samples < 2:
         raise ConfigError("--iw-samples must be ≥ 2: log p̂(x) is chosen on one half of the draws "
                           "and reported from the other; e.g. 1000")
@@ -204,7 +210,10 @@ def amortization_gap(
                           f"SemiAmortizedGuide, got {semi_amortized!r}; e.g. 20")
     model, guide = program_of(vae, guide)
     if sa is None and semi_amortized:
-        sa = SemiAmortizedGuide(model, guide, steps=semi_amortized)
+        # clipped as Kim et al. clip: the report runs on models whose curvature no step size
+        # was chosen for
+        sa = SemiAmortizedGuide(model, guide, steps=semi_amortized,
+                                max_grad_norm=SA_MAX_GRAD_NORM)
     problem = describe(model, guide, x[:min(x.shape[0], 64)], None if yy is None else
                        yy[:min(x.shape[0], 64)])
     problem.require_continuous("the gap report")
@@ -223,10 +232,10 @@ def amortization_gap(
                                                family=own, **fit_kwargs)
     seconds["fit"] = time.perf_counter() - t
     t = time.perf_counter()
-    refine = fit_local(vae, x, yy, init="encoder", seed=seed, max_steps=refine_steps,
-                       check_every=refine_steps, patience=1, record_steps=refine_steps,
-                       guide=guide if own is None else None, family=own,
-                       check_samples=REFINE_SAMPLES)
+    curve = fit_local(vae, x, yy, init="encoder", seed=seed, max_steps=refine_steps,
+                      check_every=refine_steps, patience=1, record_steps=refine_steps,
+                      guide=guide if own is None else None, family=own,
+                      check_samples=REFINE_SAMPLES).curve if refine_steps else []
     seconds["refine"] = time.perf_counter() - t
     # fresh draws, independent of every fit's check draws
     eps = check_draws(problem, x, seed + 1, eval_samples)
@@ -276,7 +285,7 @@ def amortization_gap(
     stderrs["elbo_q_star"] = e_star_se
     if e_sa_se is not None:
         stderrs["elbo_q_sa"] = e_sa_se
-    return GapReport(family_name, log_px, e_q, e_star, e_ffg, estimates, refine.curve, seconds,
+    return GapReport(family_name, log_px, e_q, e_star, e_ffg, estimates, curve, seconds,
                      stderrs, chosen, steps, prior_start, e_sa,
                      sa.steps if sa is not None else 0)
 

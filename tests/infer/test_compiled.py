@@ -215,7 +215,7 @@ def _data(n=96):
     from pyro_vae.data import DataSet
 
     x = torch.rand(n + 32, 6)
-    return DataSet("file", x[:n], x[n:], None, None, "tabular")
+    return DataSet("file", x[:n], x[n:], None, None, "vector")
 
 
 def test_trainer_compiled_run_follows_the_uncompiled_one():

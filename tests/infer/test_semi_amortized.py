@@ -334,7 +334,7 @@ def test_the_library_vae_trains_with_the_wrapper_and_a_jit_step_is_refused():
     from tests.common import small_vae
 
     x = torch.rand(160, 6)
-    data = DataSet("file", x[:128], x[128:], None, None, "tabular")
+    data = DataSet("file", x[:128], x[128:], None, None, "vector")
     vae = small_vae(num_data=128)
     sa = SemiAmortizedGuide(vae.model, vae.guide, steps=2, lr=0.02, momentum=0.0, num_samples=1)
     config = Config(dataset="file", epochs=3, batch_size=32, lr=2e-2)
