@@ -404,6 +404,12 @@ def _vector_data(n=32, width=3, scale=1.0):
     (lambda: __import__("pyro_vae").Trainer(_user_program(with_params=False), _vector_data(),
                                             Config(batch_size=8)),
      PyroVAEError, "no parameters to train"),
+    (lambda: __import__("pyro_vae.infer.ais", fromlist=["_"]).ais_log_likelihood(
+        _user_program(), torch.randn(4, 5), num_steps=2), PyroVAEError,
+     r"fail on a batch of shape \(4, 5\).*not broadcastable"),
+    (lambda: load_dataset("file", data_path=3), ConfigError, "data_path must be a string"),
+    (lambda: __import__("pyro_vae").make_likelihood("gaussian", "x"), ConfigError,
+     "obs-scale"),
     # runs
     (lambda: train_run({"epochs": 1}, "out"), ConfigError, "takes a Config"),
     (lambda: load_run(3), ConfigError, "a run folder is a path"),

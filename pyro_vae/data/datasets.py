@@ -546,6 +546,11 @@ def load_dataset(
         if value is not None:
             check_count(option, value)
     check_count("image_size", image_size)
+    for option, value in (("data_path", data_path), ("data_root", data_root),
+                          ("label_column", label_column)):
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise ConfigError(f"{option} must be a string (a path or a column name), got "
+                              f"{type(value).__name__} {value!r}; e.g. {option}='data.csv'")
     if isinstance(split_seed, bool) or not isinstance(split_seed, int) \
             or not 0 <= split_seed < 2**32:
         raise ConfigError(f"split_seed must be an integer in 0..{2**32 - 1}, got {split_seed!r}; "

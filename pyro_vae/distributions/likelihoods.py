@@ -253,7 +253,9 @@ def make_likelihood(
     :param obs_scale: σ (Gaussian) or b (Laplace): the fixed value, or the learned one's start
         (default 1.0 for fixed scales, 0.1 as the start of a learned one). Ignored otherwise.
     """
-    if obs_scale is not None and not (obs_scale > 0 and obs_scale < float("inf")):
+    if obs_scale is not None and not (
+            isinstance(obs_scale, (int, float)) and not isinstance(obs_scale, bool)
+            and 0 < obs_scale < float("inf")):
         raise ConfigError(
             f"--obs-scale must be a positive finite number, got {obs_scale}; "
             "it is the fixed σ of a Gaussian (or b of a Laplace) likelihood, e.g. 0.1"

@@ -542,6 +542,9 @@ def describe(model: Callable[..., Any], guide: Callable[..., Any] | None, x: tor
             guide_tr = poutine.trace(guide or model).get_trace(*args)
             model_tr = guide_tr if guide is None else \
                 poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args)
+            for node in model_tr.nodes.values():  # data the observations cannot score: here
+                if node["type"] == "sample" and node["is_observed"]:
+                    site_log_prob(node)
         except PyroVAEError:
             raise
         except PROGRAM_ERRORS as exc:

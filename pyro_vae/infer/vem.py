@@ -125,7 +125,7 @@ class LocalGuide:
                     k = site.numel
                     q = dist.Normal(loc[..., start:start + k], scale[..., start:start + k])
                     q = q.to_event(1)
-                    if site.event_dim != 1 or tuple(site.event_shape) != (k,):
+                    if tuple(site.event_shape) != (k,):  # a scalar or a matrix per point
                         q = dist.TransformedDistribution(
                             q, [dist.transforms.ReshapeTransform((k,), site.event_shape)])
                     out = pyro.sample(site.name, q)

@@ -1,0 +1,146 @@
+"""What the mutation run of ``infer/vem.py`` (issue 28) found untested: the row-wise Adam of
+the E-step against torch's Adam, vEM's KL modes and defaults, a scalar latent per point, and a
+data set of one point."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+
+from pyro_vae.infer.trainer import ModelGuide
+from pyro_vae.infer.vem import LocalGuide, RowAdam, VariationalEM
+from tests.common import small_vae
+
+
+def test_row_adam_on_the_rows_of_a_batch_is_torch_adam_on_those_rows():
+    """Rows 0 and 2 take three steps, row 1 none: the stepped rows follow torch's Adam exactly
+    (its bias corrections counted per row), the other row does not move."""
+    torch.manual_seed(0)
+    p = torch.randn(3, 4)
+    grads = [torch.randn(3, 4) for _ in range(3)]
+    rows = torch.tensor([0, 2])
+    mine = RowAdam([p.clone()], lr=0.1)
+    ref = p[rows].clone().requires_grad_()
+    opt = torch.optim.Adam([ref], lr=0.1)
+    for g in grads:
+        mine.step(rows, [g])
+        ref.grad = g[rows].clone()
+        opt.step()
+    # torch divides by √v̂ + ε in another order: float rounding apart, the same steps
+    torch.testing.assert_close(mine.params[0][rows], ref.detach(), rtol=1e-4, atol=1e-5)
+    assert torch.equal(mine.params[0][1], p[1])
+
+
+def test_the_kl_modes_and_defaults_of_variational_em():
+    vem = VariationalEM(small_vae(num_data=8), num_data=8)
+    assert vem.kl == "analytic" and vem.e_lr == 1e-2 and vem.m_lr == 1e-3 and vem.e_steps == 5
+    assert isinstance(vem.elbo, TraceMeanField_ELBO)
+    mc = VariationalEM(small_vae(num_data=8), num_data=8, kl="mc")
+    assert isinstance(mc.elbo, Trace_ELBO) and not isinstance(mc.elbo, TraceMeanField_ELBO)
+
+
+def _scalar_latent_program(n: int):
+    w = torch.nn.Linear(1, 2)
+
+    def model(x, y=None, indices=None):
+        pyro.module("mutants_vem_w", w)
+        with pyro.plate("data", n, subsample=indices):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))  # one scalar per point: event_dim 0
+            pyro.sample("x", dist.Normal(w(z.unsqueeze(-1)), 1.0).to_event(1), obs=x)
+
+    def guide(x, y=None, indices=None):
+        with pyro.plate("data", n, subsample=indices):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    return ModelGuide(model, guide)
+
+
+def test_a_scalar_latent_per_point_gets_its_local_gaussian_and_trains():
+    """A site of event dim 0 is given a Normal of event shape () (the local Gaussian's (1,)
+    reshaped): vEM trains it, the ELBO rising."""
+    pyro.set_rng_seed(0)
+    x = torch.randn(16, 2) + 1.0
+    vem = VariationalEM(_scalar_latent_program(16), num_data=16)
+    history = vem.fit(x, None, epochs=30, batch_size=16)
+    assert history[-1]["train_elbo"] > history[0]["train_elbo"] + 0.5
+
+
+def test_a_data_set_of_one_point():
+    guide = LocalGuide(_scalar_latent_program(1), num_data=1)
+    assert guide.num_data == 1
+    pyro.set_rng_seed(0)
+    vem = VariationalEM(_scalar_latent_program(1), num_data=1)
+    assert len(vem.fit(torch.randn(1, 2), None, epochs=2, batch_size=1)) == 2
+
+
+def test_the_per_point_stopping_rule_counts_checks_and_steps_exactly():
+    """With an unreachable tolerance every check fails to improve, so each point stops after
+    exactly ``patience`` checks; with a patience longer than the run, every point runs to
+    ``max_steps`` exactly."""
+    from pyro_vae.infer.vem import fit_local
+    from tests.common import make_batch
+
+    x = make_batch(4)
+    stuck = fit_local(small_vae(), x, tol=1e9, patience=2, check_every=5, max_steps=1000)
+    assert stuck.point_steps.tolist() == [10] * 4
+    moving = fit_local(small_vae(), x, patience=1000, check_every=5, max_steps=7)
+    assert moving.point_steps.tolist() == [7] * 4
+
+
+def test_the_local_elbo_error_is_the_draws_standard_error():
+    from pyro_vae.infer.vem import local_elbo, local_log_weights, model_problem
+    from tests.common import make_batch
+
+    vae, x = small_vae(), make_batch(3)
+    problem = model_problem(vae, x)
+    params = {"loc": torch.zeros(3, problem.dim), "log_scale": torch.zeros(3, problem.dim)}
+    eps = torch.randn(64, 3, problem.dim, generator=torch.Generator().manual_seed(0))
+    mean, se = local_elbo(vae, x, None, None, params, eps, problem, return_stderr=True)
+    values = local_log_weights(problem, x, None, None, params, eps)
+    torch.testing.assert_close(se, values.std(0) / 8)
+    torch.testing.assert_close(mean, values.mean(0))
+
+
+def test_guide_moments_match_a_narrow_gaussian_guide():
+    """A guide of scale 0.05: the moments are its own (the floor of 1e-4 on σ only guards a
+    point mass)."""
+    from pyro_vae.infer.vem import guide_moments
+
+    def model(x, y=None, indices=None):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    def guide(x, y=None, indices=None):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x, 0.05).to_event(1))
+
+    x = torch.randn(3, 2)
+    pyro.set_rng_seed(0)
+    loc, scale = guide_moments(ModelGuide(model, guide), None, x, num_samples=4096)
+    torch.testing.assert_close(loc, x, atol=0.01, rtol=0)
+    torch.testing.assert_close(scale, torch.full_like(x, 0.05), atol=0.005, rtol=0)
+
+
+def test_fit_records_the_per_point_elbo_and_the_epochs_seconds(monkeypatch):
+    """The epoch's train ELBO is the mean per-point ELBO: each step's loss is the data set's
+    (N / B scaled), weighted by its batch's share."""
+    vem = VariationalEM(small_vae(num_data=8), num_data=8)
+    monkeypatch.setattr(VariationalEM, "step", lambda self, x, y, idx: 8 * 2.5)
+    row = vem.fit(torch.zeros(8, 6), None, epochs=1, batch_size=3)[0]
+    assert row["train_elbo"] == -2.5
+    assert 0 <= row["seconds"] < 60
+
+
+def test_alternating_mode_takes_its_e_steps_before_each_m_step(monkeypatch):
+    calls = []
+    monkeypatch.setattr(RowAdam, "step", lambda self, rows, grads: calls.append(len(rows)))
+    x = torch.randn(8, 6)
+    for mode, e_steps in (("alternating", 3), ("joint", 1)):
+        calls.clear()
+        pyro.clear_param_store()
+        VariationalEM(small_vae(num_data=8), num_data=8, mode=mode, e_steps=3).step(
+            x, None, torch.arange(8))
+        assert calls == [8] * e_steps, mode
