@@ -357,3 +357,13 @@ def forked_kernel_manager_class():
             return await super()._async_pre_start_kernel(**kw)
 
     return ForkedKernelManager
+
+
+def tiny_moons_run(out: Path) -> Path:
+    """A one-epoch moons run folder at ``out`` (the hostile and long-job tests' shared run)."""
+    from pyro_vae.config import Config
+    from pyro_vae.runs import train_run
+
+    train_run(Config(dataset="moons", hidden=(8,), max_train=64, max_test=16, epochs=1,
+                     batch_size=32), out, progress=False, figures=False)
+    return out

@@ -40,10 +40,9 @@ def refused(capsys, argv, out=None, code=2):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("hostile") / "run"
-    train_run(Config(dataset="moons", hidden=(8,), max_train=64, max_test=16, epochs=1,
-                     batch_size=32), out, progress=False, figures=False)
-    return out
+    from tests.common import tiny_moons_run
+
+    return tiny_moons_run(tmp_path_factory.mktemp("hostile") / "run")
 
 
 # --------------------------------------------------------------------------- CLI: numbers

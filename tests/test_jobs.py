@@ -11,9 +11,7 @@ import pytest
 
 from pyro_vae import ConfigError, jobs
 from pyro_vae.cli import main as cli_main
-from pyro_vae.config import Config
 from pyro_vae.jobs import BudgetError, budget, job, report
-from pyro_vae.runs import train_run
 
 
 class Terminal(io.StringIO):
@@ -155,10 +153,9 @@ def test_bad_budgets_are_refused():
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("jobs") / "run"
-    train_run(Config(dataset="moons", hidden=(8,), max_train=64, max_test=16, epochs=1,
-                     batch_size=32), out, progress=False, figures=False)
-    return out
+    from tests.common import tiny_moons_run
+
+    return tiny_moons_run(tmp_path_factory.mktemp("jobs") / "run")
 
 
 @pytest.mark.parametrize("argv, what", [
