@@ -115,10 +115,15 @@ class LocalGuide:
         shape = (n, problem.dim)
         loc0 = self._init_loc if self._init_loc is not None else torch.zeros(shape)
         scale0 = self._init_scale if self._init_scale is not None else torch.ones(shape)
+        loc = pyro.param(self.loc_name, lambda: loc0.clone().to(x.device))
+        scale = pyro.param(self.scale_name, lambda: scale0.clone().to(x.device),
+                           constraint=constraints.positive)
+        if indices is not None:
+            # the rows of the batch's points, in the batch's order. Not pyro.param(event_dim=)
+            # inside the subsampled plate: Pyro skips that index_select when the subsample is
+            # as large as the plate, and a shuffled full batch would then meet λ in data order
+            loc, scale = loc[indices], scale[indices]
         with pyro.plate(plate.name, n, subsample=indices, dim=plate.dim):
-            loc = pyro.param(self.loc_name, lambda: loc0.clone().to(x.device), event_dim=1)
-            scale = pyro.param(self.scale_name, lambda: scale0.clone().to(x.device),
-                               constraint=constraints.positive, event_dim=1)
             start, out = 0, None
             with kl_scale(beta):
                 for site in problem.latents:
@@ -142,28 +147,57 @@ class LocalGuide:
 
 
 class RowAdam:
-    """Adam on a few rows of (N, L) tensors at a time, with per-row moments and step counts:
-    rows outside the batch do not move (plain Adam would keep moving them on stale momentum)."""
+    """Adam on rows of (N, ...) tensors, each row with its own moments and step count, and
+    optionally its own learning rate: rows outside the batch do not move (plain Adam would
+    keep moving them on stale momentum). Row n of each parameter takes torch's Adam step
 
-    def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999),
-                 eps: float = 1e-8) -> None:
+        m ← β₁m + (1 − β₁)g,  v ← β₂v + (1 − β₂)g²,
+        p ← p − lr_n · (m / (1 − β₁ᵗⁿ)) / (√(v / (1 − β₂ᵗⁿ)) + ε)
+
+    with tₙ the row's own count of steps. Used for vEM's E-step (:class:`VariationalEM`, a
+    batch's rows at a time) and for the per-point fits (:func:`fit_local`, every point still
+    being fitted, each at its own decayed rate). ``lr`` is a float or a tensor of one rate per
+    row (read at each step: assign a new one to change the rates).
+    """
+
+    def __init__(self, params: list[torch.Tensor], lr: float | torch.Tensor,
+                 betas=(0.9, 0.999), eps: float = 1e-8) -> None:
         self.params, self.lr, self.betas, self.eps = params, lr, betas, eps
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
         self.t = torch.zeros(params[0].shape[0], device=params[0].device)
 
     @torch.no_grad()
-    def step(self, rows: torch.Tensor, grads: list[torch.Tensor]) -> None:
+    def step(self, rows: torch.Tensor | None, grads: list[torch.Tensor]) -> None:
+        """One step on ``rows`` (indices; ``None``: every row) from full-size ``grads``."""
         b1, b2 = self.betas
-        self.t[rows] += 1
-        t = self.t[rows].unsqueeze(-1)
+        sel = slice(None) if rows is None else rows
+        self.t[sel] += 1
+        t = self.t[sel]
+        lr = self.lr[sel] if isinstance(self.lr, torch.Tensor) else self.lr
         for p, m, v, g in zip(self.params, self.m, self.v, grads, strict=True):
-            g = g[rows]
-            m[rows] = b1 * m[rows] + (1 - b1) * g
-            v[rows] = b2 * v[rows] + (1 - b2) * g * g
-            m_hat = m[rows] / (1 - b1**t)
-            v_hat = v[rows] / (1 - b2**t)
-            p[rows] -= self.lr * m_hat / (v_hat.sqrt() + self.eps)
+            per_row = (-1,) + (1,) * (p.dim() - 1)
+            tp = t.view(per_row)
+            g = g[sel]
+            # every row: views updated in place; some rows: copies, written back
+            m_rows = m[sel].lerp_(g, 1 - b1)
+            v_rows = v[sel].mul_(b2).addcmul_(g, g, value=1 - b2)
+            if rows is not None:
+                m[rows], v[rows] = m_rows, v_rows
+            m_hat = m_rows / (1 - b1**tp)
+            v_hat = v_rows / (1 - b2**tp)
+            rate = lr.view(per_row) if isinstance(lr, torch.Tensor) else lr
+            p[sel] -= rate * m_hat / (v_hat.sqrt() + self.eps)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` (a boolean mask or indices) of the parameters and their state:
+        the parameters become new tensors (``self.params``)."""
+        self.params = [p[rows].detach() for p in self.params]
+        self.m = [m[rows] for m in self.m]
+        self.v = [v[rows] for v in self.v]
+        self.t = self.t[rows]
+        if isinstance(self.lr, torch.Tensor):
+            self.lr = self.lr[rows]
 
 
 @dataclass
@@ -214,7 +248,10 @@ class VariationalEM:
 
     def _loss(self, x, y, idx) -> torch.Tensor:
         if Signature.of(self._model).arity < 3 and x.shape[0] == self.num_data:
-            idx = None  # a model without subsampling, fitted on the whole data set
+            # a model without subsampling sees the whole data set, and the local guide gives
+            # its row n to the plate's n-th point: the (shuffled) batch goes back to data order
+            order = idx.argsort()
+            x, y, idx = x[order], None if y is None else y[order], None
         args = call_args(self._model, self._guide, x, y, idx)
         return self.elbo.differentiable_loss(self._model, self._guide, *args)
 
@@ -550,20 +587,19 @@ def fit_local(
             params0 = {"loc": loc0, "log_scale": torch.zeros_like(loc0)}
         start_elbo = chunked_local_elbo(vae, x, yy, family, params0, eps_check, problem).detach()
     n = x.shape[0]
-    # every point runs its own schedule: `active` holds the points still being fitted, and
-    # their parameters, Adam moments and learning rates are kept compacted to those rows
+    # every point runs its own schedule: `active` holds the points still being fitted; their
+    # parameters (the optimizer's, compacted to those rows), Adam moments and rates
     active = torch.arange(n, device=x.device)
     params = {k: v.clone() for k, v in params0.items()}          # final values, all points
-    live = {k: v.clone() for k, v in params0.items()}            # the active rows
-    moments = {k: (torch.zeros_like(v), torch.zeros_like(v)) for k, v in live.items()}
+    names = list(params0)
     rate = torch.full((n,), float(lr), device=x.device)
+    adam = RowAdam([params0[k].clone() for k in names], rate.clone())
     current = start_elbo.clone()
     best = start_elbo.clone()
     since = torch.zeros(n, dtype=torch.long, device=x.device)
     point_steps = torch.zeros(n, dtype=torch.long, device=x.device)
     curve = [float(current.mean())]
     step = 0
-    b1, b2, adam_eps = 0.9, 0.999, 1e-8
     # the job's total is the bound max_steps per point: most points stop sooner, so its
     # projection and ETA are upper bounds
     with frozen(*_modules(vae, guide)), job(
@@ -572,39 +608,36 @@ def fit_local(
         while active.numel():
             x_act = x[active]
             y_act = None if yy is None else yy[active]
-            view = (-1,)
-            total = {k: torch.zeros_like(v) for k, v in live.items()}  # Polyak-Ruppert sums
+            total = [torch.zeros_like(p) for p in adam.params]  # Polyak-Ruppert sums
             taken = 0
             for _ in range(check_every):
-                leaves = {k: v.requires_grad_(True) for k, v in live.items()}
+                leaves = [p.requires_grad_(True) for p in adam.params]
                 eps = torch.randn(num_samples, active.numel(), problem.dim, device=x.device)
-                loss = -local_elbo(vae, x_act, y_act, family, leaves, eps, problem).sum()
-                grads = torch.autograd.grad(loss, list(leaves.values()))
+                named = dict(zip(names, leaves, strict=True))
+                loss = -local_elbo(vae, x_act, y_act, family, named, eps, problem).sum()
+                adam.step(None, list(torch.autograd.grad(loss, leaves)))
                 step += 1
                 taken += 1
                 work.advance(active.numel())
-                with torch.no_grad():  # Adam (torch's update), one learning rate per point
-                    c1, c2 = 1 - b1 ** step, (1 - b2 ** step) ** 0.5
-                    for (k, p), g in zip(leaves.items(), grads, strict=True):
-                        m, v = moments[k]
-                        m.lerp_(g, 1 - b1)
-                        v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                        lr_rows = (rate[active] / c1).view(*view, *[1] * (p.dim() - 1))
-                        live[k] = p.detach() - lr_rows * m / (v.sqrt() / c2 + adam_eps)
-                        total[k] += live[k]
+                with torch.no_grad():
+                    for s, p in zip(total, adam.params, strict=True):
+                        s += p
                 if step <= record_steps:
                     with torch.no_grad():
                         value = current.clone()
-                        value[active] = chunked_local_elbo(vae, x_act, y_act, family, live,
-                                                           eps_check[:, active], problem)
+                        value[active] = chunked_local_elbo(
+                            vae, x_act, y_act, family, dict(zip(names, adam.params, strict=True)),
+                            eps_check[:, active], problem)
                     curve.append(float(value.mean()))
                 if step >= max_steps:
                     break
             # the interval's average iterate is what is checked, kept and continued from: it
             # averages away the steps' noise (Polyak & Juditsky 1992), so a point's check
             # compares its progress, not where the last noisy step happened to land
-            live = {k: v / taken for k, v in total.items()}
             with torch.no_grad():
+                for s, p in zip(total, adam.params, strict=True):
+                    p.copy_(s / taken)
+                live = dict(zip(names, adam.params, strict=True))
                 current[active] = chunked_local_elbo(vae, x_act, y_act, family, live,
                                                      eps_check[:, active], problem)
             point_steps[active] = step
@@ -612,16 +645,16 @@ def fit_local(
             best[active] = torch.where(better, current[active], best[active])
             since[active] = torch.where(better, 0, since[active] + 1)
             rate[active] = torch.where(better, rate[active], rate[active] * lr_decay)
+            adam.lr = rate[active]
             done = (since[active] >= patience) | (step >= max_steps)
             if record_steps == 0:
                 curve.append(float(current.mean()))
             if bool(done.any()):
-                for k in params:
-                    params[k][active[done]] = live[k][done]
+                for k in names:
+                    params[k][active[done]] = live[k][done].detach()
                 keep = ~done
                 active = active[keep]
-                live = {k: v[keep].detach() for k, v in live.items()}
-                moments = {k: (m[keep], v[keep]) for k, (m, v) in moments.items()}
+                adam.keep(keep)
     # the final iterate: a decayed step sits at the optimum, where a best-of-checks choice would
     # chase the check draws' noise. It is reported as measured, also where it ends below the
     # start (a fit that failed to improve says so instead of being replaced by its start).
