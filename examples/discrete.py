@@ -10,7 +10,7 @@ Fashion-MNIST, one VAE per estimator from the same initial weights, each for the
 budget; test ELBO and IWAE log p(x) at the end, and the test ELBO against seconds.
 
     python examples/discrete.py                # about 25 minutes (Fashion-MNIST, 150 s each)
-    python examples/discrete.py --smoke        # seconds (digits, 0.5 s each)
+    python examples/discrete.py --smoke        # seconds (digits, 0.1 s each)
 
 Writes ``lab/`` (tables, ``bias_variance.png``), ``elbo_vs_time.png``, ``results.md`` and
 ``results.json`` into ``--out``.
@@ -51,8 +51,9 @@ TRAINED = {  # label: the estimator's options
 
 
 def lab(args, out: Path) -> None:
-    vae, x = discrete_toy(seed=args.seed, train_steps=20 if args.smoke else 300)
-    repeats, warmup = (30, 30) if args.smoke else (1000, 300)
+    vae, x = discrete_toy(units=4 if args.smoke else 8, seed=args.seed,
+                          train_steps=5 if args.smoke else 300)
+    repeats, warmup = (20, 10) if args.smoke else (1000, 300)
     results = run_discrete_lab(vae, x, repeats=repeats, temperature=0.5, seed=args.seed,
                                warmup=warmup)
     sweep = temperature_sweep(vae, x, (1.0, 0.5, 0.25, 0.1), repeats=repeats, seed=args.seed)
@@ -101,8 +102,8 @@ def main() -> None:
     p.add_argument("--iw-samples", type=int, default=1000)
     args = p.parse_args()
     if args.smoke:
-        args.seconds, args.units, args.hidden, args.iw_samples = 0.5, 16, 32, 20
-        args.eval_points = 200
+        args.seconds, args.units, args.hidden, args.iw_samples = 0.1, 16, 32, 20
+        args.eval_points = 50
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lab(args, out)

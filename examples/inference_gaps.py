@@ -57,7 +57,7 @@ SETTINGS = {
                           binarize="dynamic", epochs=10),
 }
 SMOKE = {
-    "circle": dict(dataset="circle", epochs=10, max_train=2000, max_test=200),
+    "circle": dict(dataset="circle", epochs=5, max_train=1000, max_test=100),
     "fashion-mnist": dict(dataset="digits", hidden=(32,), latent_dim=4, epochs=2,
                           max_train=128, max_test=64),
 }
@@ -202,9 +202,9 @@ def main() -> None:
     args = p.parse_args()
     settings = SMOKE if args.smoke else SETTINGS
     if args.smoke:
-        args.eval_points, args.iw_samples, args.eval_samples = 16, 50, 50
-        args.ais_steps, args.ais_chains, args.bdmc_points, args.max_fit_steps = 10, 4, 4, 100
-        args.semi_amortized = min(args.semi_amortized, 5)
+        args.eval_points, args.iw_samples, args.eval_samples = 8, 50, 50
+        args.ais_steps, args.ais_chains, args.bdmc_points, args.max_fit_steps = 10, 4, 2, 50
+        args.semi_amortized = min(args.semi_amortized, 2)
     names = list(settings) if args.dataset == "both" else [args.dataset]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

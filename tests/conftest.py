@@ -33,7 +33,6 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 #: matters): the scheduler hands these out first, the many quick tests fill in the end.
 #: A key is ``path::test`` (every parametrization) or a full node id; a test not listed is quick.
 SLOW = {
-    "tests/infer/test_compiled.py::test_inductor_step_equals_the_eager_elbo": 27,
     "tests/infer/test_distributed.py::test_two_ddp_workers_stay_in_sync_and_match_a_single_pr"
     "ocess_run": 19,
     "tests/test_examples.py::test_example_smoke[discrete]": 18,

@@ -194,7 +194,7 @@ def test_training_refused_after_its_probe_keeps_its_epochs(capsys, tmp_path, mon
     out = tmp_path / "run"
     argv = ["train", "--dataset", "moons", "--hidden", "8", "--max-train", "64", "--max-test",
             "16", "--batch-size", "32", "--no-figures", "--no-progress", "--out", str(out),
-            "--epochs", "100000"]
+            "--epochs", "100000", "--no-compile"]
     code = cli_main([*argv, "--max-minutes", "0.0001"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err

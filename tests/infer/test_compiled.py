@@ -81,20 +81,6 @@ def test_traced_step_equals_the_eager_elbo_on_the_same_draws(name):
     assert len(step.graphs) == 1
 
 
-def test_inductor_step_equals_the_eager_elbo():
-    """TorchInductor's program leaves the random draws to torch's generator: same seed, same
-    loss and gradients up to float rounding."""
-    vae, params, loss_fn, args = _setup(make_elbo("trace"))
-    step = CompiledStep(loss_fn, params, modules=[vae])
-    for seed in (4, 5):
-        want_loss, want_grads = _eager(loss_fn, params, args, seed)
-        pyro.set_rng_seed(seed)
-        loss, _finite, grads = step(params, *args)
-        torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-4)
-        for g, w in zip(grads, want_grads, strict=True):
-            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
-
-
 def test_tracing_leaves_params_random_state_and_pyro_helpers_as_they_were():
     _vae, params, loss_fn, args = _setup(make_elbo("trace"))
     before = [p.detach().clone() for p in params]
@@ -220,7 +206,10 @@ def _data(n=96):
 
 def test_trainer_compiled_run_follows_the_uncompiled_one():
     """Same seed, two epochs (the last, smaller batch of each epoch on the uncompiled path):
-    the compiled run's losses and test ELBO follow the JIT run's to float rounding."""
+    the compiled run's losses and test ELBO follow the JIT run's to float rounding. This is the
+    suite's TorchInductor test (the traced graph itself is checked op by op, 'aten', above): a
+    lowered program whose loss or gradient differed from the eager one would leave the JIT
+    run's trajectory within the first steps. One compile only: a cold one costs 15–25 s."""
     runs = {}
     for compile_ in (False, True):
         pyro.clear_param_store()
