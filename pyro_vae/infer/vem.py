@@ -54,6 +54,7 @@ from pyro_vae.infer.evaluation import problem_of
 from pyro_vae.infer.problem import (
     ModelError,
     Problem,
+    ProtocolProgram,
     Signature,
     call_args,
     describe,
@@ -81,7 +82,7 @@ class LocalGuide:
                  init_loc: torch.Tensor | None = None,
                  init_scale: torch.Tensor | None = None) -> None:
         self.vae = vae
-        self.model = vae.model if hasattr(vae, "model") else vae
+        self.model = ProtocolProgram.of(vae.model if hasattr(vae, "model") else vae)
         self.num_data = int(num_data)
         if self.num_data < 1:
             raise ConfigError(f"num_data must be an integer ≥ 1, got {num_data!r}; give the "
@@ -240,18 +241,17 @@ class VariationalEM:
         self.local = LocalGuide(self.vae, self.num_data)
         self.elbo = make_elbo("meanfield" if self.kl == "analytic" else "trace",
                               self.num_particles)
-        self._model, self._guide = self.vae.model, self.local.guide
+        self._model, self._guide = self.local.model, self.local.guide
+        program = self.vae.model.fn if isinstance(self.vae.model, ProtocolProgram) \
+            else self.vae.model
+        #: whether the model takes subsample indices (else it is fitted on the whole data set)
+        self._takes_indices = Signature.of(program).arity >= 3
         self._e_optim: RowAdam | None = None
         self._m_optim: torch.optim.Optimizer | None = None
         self._program: CompiledProgram | None = None
         self._compile_failure: str | None = None
 
     def _loss(self, x, y, idx) -> torch.Tensor:
-        if Signature.of(self._model).arity < 3 and x.shape[0] == self.num_data:
-            # a model without subsampling sees the whole data set, and the local guide gives
-            # its row n to the plate's n-th point: the (shuffled) batch goes back to data order
-            order = idx.argsort()
-            x, y, idx = x[order], None if y is None else y[order], None
         args = call_args(self._model, self._guide, x, y, idx)
         return self.elbo.differentiable_loss(self._model, self._guide, *args)
 
@@ -273,6 +273,12 @@ class VariationalEM:
 
     def step(self, x: torch.Tensor, y: torch.Tensor | None, idx: torch.Tensor) -> float:
         """One mini-batch of vEM; returns the batch loss (-ELBO scaled to the data set)."""
+        if not self._takes_indices and x.shape[0] != self.num_data:
+            raise ModelError(f"the model takes no subsample indices, so vEM cannot fit it on "
+                             f"batches of {x.shape[0]} of {self.num_data} points (its plate "
+                             "would not be scaled to N); write it as fn(x, y=None, "
+                             "indices=None) with pyro.plate(name, N, subsample=indices), or use "
+                             f"batch_size={self.num_data}")
         if self._e_optim is None:  # the first step: params created, inputs validated
             self._setup(x, y, idx)
             return self._eager_step(x, y, idx)
@@ -490,7 +496,11 @@ def _modules(vae: Any, guide: Any) -> list[torch.nn.Module]:
     return [m for m in (vae, module_of(guide)) if isinstance(m, torch.nn.Module)]
 
 
-def check_draws(problem: Any, x: torch.Tensor, seed: int, samples: int = 256) -> torch.Tensor:
+#: the fixed draws per point on which :func:`fit_local` checks its fits (default)
+CHECK_SAMPLES = 256
+
+
+def fixed_draws(problem: Any, x: torch.Tensor, seed: int, samples: int) -> torch.Tensor:
     """The fixed standard-normal draws (samples, N, D) :func:`fit_local` scores the N points of
     ``x`` on, from ``seed`` (``problem`` a :class:`~pyro_vae.infer.problem.Problem`, or a model
     described on ``x``)."""
@@ -519,7 +529,7 @@ def labels(vae: Any, y: torch.Tensor | None) -> torch.Tensor | None:
 def fit_local(
     vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, init: str = "encoder",
     lr: float = 3e-2, num_samples: int = 8, check_every: int = 50, patience: int = 4,
-    max_steps: int = 5000, check_samples: int = 256, seed: int = 0,
+    max_steps: int = 5000, check_samples: int = CHECK_SAMPLES, seed: int = 0,
     record_steps: int = 0, guide: Any = None, family: GuideFamily | None = None,
     lr_decay: float = 0.5, tol: float = 1e-4,
 ) -> LocalFit:
@@ -572,7 +582,7 @@ def fit_local(
     yy = labels(vae, y)
     problem = model_problem(vae, x, yy)
     problem.require_continuous("per-point fits (vEM, the gap report)")
-    eps_check = check_draws(problem, x, seed, check_samples)
+    eps_check = fixed_draws(problem, x, seed, check_samples)
     with evaluating(*_modules(vae, guide)):
         if family is not None:  # the library VAE's own family, from its encoder
             loc0, scale0 = vae.encode(x, yy)

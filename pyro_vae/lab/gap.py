@@ -49,12 +49,13 @@ from pyro_vae.errors import ConfigError, check_count
 from pyro_vae.infer.evaluation import LogMeanExp, iwae_log_likelihood, problem_of
 from pyro_vae.infer.problem import describe, program_of
 from pyro_vae.infer.vem import (
+    CHECK_SAMPLES,
     LocalFit,
     _chunk,
     _modules,
-    check_draws,
     chunked_local_elbo,
     fit_local,
+    fixed_draws,
     labels,
     model_problem,
 )
@@ -238,7 +239,7 @@ def amortization_gap(
                       check_samples=REFINE_SAMPLES).curve if refine_steps else []
     seconds["refine"] = time.perf_counter() - t
     # fresh draws, independent of every fit's check draws
-    eps = check_draws(problem, x, seed + 1, eval_samples)
+    eps = fixed_draws(problem, x, seed + 1, eval_samples)
     t = time.perf_counter()
     with evaluating(*_modules(vae, guide)):
         e_q, e_q_se = _guide_elbo(vae, guide, x, yy, eval_samples)
@@ -351,10 +352,10 @@ def _prior_start_needed(vae: Any, x: torch.Tensor, y: torch.Tensor | None, from_
     fit = fit_local(vae, x[probe], yp, init="zero", seed=seed, **fit_kwargs)
     # scored on the draws the probe's fit was checked on (same seed, same shape)
     problem = model_problem(vae, x[probe], yp)
+    draws = fixed_draws(problem, x[probe], seed, fit_kwargs.get("check_samples", CHECK_SAMPLES))
     encoder = chunked_local_elbo(vae, x[probe], yp, None,
-                                 {k: v[probe] for k, v in from_encoder.params.items()},
-                                 check_draws(problem, x[probe], seed,
-                                             fit_kwargs.get("check_samples", 256)), problem)
+                                 {k: v[probe] for k, v in from_encoder.params.items()}, draws,
+                                 problem)
     return bool((fit.elbo - encoder > PROBE_MARGIN).any())
 
 

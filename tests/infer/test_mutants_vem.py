@@ -217,9 +217,9 @@ def test_the_local_elbo_is_the_mean_over_draws_per_point():
 def test_fit_local_checks_every_50_steps_on_256_fixed_draws_by_default():
     """The documented defaults: with a tolerance no check can meet and a patience of one, every
     point stops at the first check, after 50 steps; the start's ELBO is the one on the 256
-    draws of ``check_draws`` (here from the prior); the curve holds the start and every
+    draws of ``fixed_draws`` (here from the prior); the curve holds the start and every
     check's mean."""
-    from pyro_vae.infer.vem import check_draws, chunked_local_elbo, fit_local, model_problem
+    from pyro_vae.infer.vem import chunked_local_elbo, fit_local, fixed_draws, model_problem
     from tests.common import make_batch
 
     vae, x = small_vae(), make_batch(4)
@@ -227,7 +227,7 @@ def test_fit_local_checks_every_50_steps_on_256_fixed_draws_by_default():
     assert fit.point_steps.tolist() == [50] * 4
     problem = model_problem(vae, x)
     prior = {"loc": torch.zeros(4, problem.dim), "log_scale": torch.zeros(4, problem.dim)}
-    start = chunked_local_elbo(vae, x, None, None, prior, check_draws(problem, x, 0, 256),
+    start = chunked_local_elbo(vae, x, None, None, prior, fixed_draws(problem, x, 0, 256),
                                problem)
     torch.testing.assert_close(fit.start_elbo, start.detach())
     assert fit.curve == [float(fit.start_elbo.mean()), float(fit.elbo.mean())]
@@ -278,3 +278,56 @@ def test_a_model_without_subsample_indices_keeps_each_points_own_local_parameter
         # one-draw E-steps at e_lr 5e-2 leave noise of ~0.2 per point; rows paired with
         # shuffled points sit ~1 nat-scale unit off on average
         assert float((loc - (x - b.detach()) / 2).abs().mean()) < 0.2, loc
+
+
+def test_fit_local_stops_a_point_after_four_checks_without_progress_by_default():
+    from pyro_vae.infer.vem import fit_local
+    from tests.common import make_batch
+
+    fit = fit_local(small_vae(), make_batch(3), init="zero", tol=1e9, check_every=5)
+    assert fit.point_steps.tolist() == [20] * 3
+
+
+def test_fit_local_starts_from_the_moments_of_256_guide_draws():
+    """init='encoder': the start is the diagonal Gaussian of 256 draws of the guide (the same
+    seed gives the same draws, so the same start ELBO to float rounding)."""
+    from pyro_vae.infer.vem import (
+        chunked_local_elbo,
+        fit_local,
+        fixed_draws,
+        guide_moments,
+        model_problem,
+    )
+    from tests.common import make_batch
+
+    vae, x = small_vae(), make_batch(4)
+    pyro.set_rng_seed(5)
+    fit = fit_local(vae, x, max_steps=1)
+    problem = model_problem(vae, x)
+    pyro.set_rng_seed(5)
+    loc, scale = guide_moments(vae, None, x, num_samples=256, problem=problem)
+    start = chunked_local_elbo(vae, x, None, None, {"loc": loc, "log_scale": scale.log()},
+                               fixed_draws(problem, x, 0, 256), problem)
+    torch.testing.assert_close(fit.start_elbo, start.detach())
+
+
+
+def test_mini_batches_of_a_model_without_subsample_indices_are_one_library_error():
+    """``model(x)`` cannot scale its plate to N on a batch: the ELBO would mix a guide scaled by
+    N/B with an unscaled model (it trained silently, with a train ELBO six times too high)."""
+    import pytest
+
+    from pyro_vae.errors import ModelError
+
+    b = torch.nn.Parameter(torch.zeros(()))
+
+    def model(x):
+        pyro.module("mutants_vem_offset_batches", torch.nn.ParameterList([b]))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z + b, 1.0), obs=x.squeeze(-1))
+
+    vem = VariationalEM(ModelGuide(model, lambda x: None), num_data=8)
+    with pytest.raises(ModelError, match="takes no subsample indices.*batch_size=8"):
+        vem.fit(torch.randn(8, 1), None, epochs=1, batch_size=4)
+    assert len(vem.fit(torch.randn(8, 1), None, epochs=1, batch_size=8)) == 1

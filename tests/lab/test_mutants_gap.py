@@ -411,8 +411,8 @@ def test_a_conditional_report_describes_its_first_64_points_with_their_labels(mo
     from tests.common import small_vae
 
     samples = []
-    real = gap.check_draws
-    monkeypatch.setattr(gap, "check_draws",
+    real = gap.fixed_draws
+    monkeypatch.setattr(gap, "fixed_draws",
                         lambda problem, x, seed, n=256: samples.append(n) or real(problem, x,
                                                                                    seed, n))
     vae = small_vae(num_classes=3)
