@@ -146,7 +146,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         x, y = x[: args.max_points], None if y is None else y[: args.max_points]
     y = y if run.vae.conditional else None
     start = time.perf_counter()
-    elbo = evaluate_elbo(run.vae, x, y, num_samples=args.elbo_samples)
+    elbo = evaluate_elbo(run.vae, x, y, num_samples=args.elbo_samples, guide=run.guide)
     t_elbo = time.perf_counter() - start
     start = time.perf_counter()
     if args.method == "ais":
@@ -159,10 +159,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                             num_chains=args.ais_chains,
                                             leapfrog_steps=args.ais_leapfrog,
                                             proposal=args.ais_proposal,
-                                            batch_size=args.batch_size).log_px)
+                                            batch_size=args.batch_size, guide=run.guide).log_px)
     else:
         ll = Estimate.of(iwae_log_likelihood(run.vae, x, y, num_samples=args.iw_samples,
-                                             batch_size=args.batch_size))
+                                             batch_size=args.batch_size, guide=run.guide))
     t_ll = time.perf_counter() - start
     result = {
         "run": str(args.run),
@@ -489,7 +489,9 @@ def cmd_gap(args: argparse.Namespace) -> int:
                               ais_chains=args.ais_chains,
                               ais_leapfrog_steps=args.ais_leapfrog,
                               prior_start=args.prior_start,
-                              semi_amortized=args.semi_amortized)
+                              # a run trained semi-amortized: its own refinement's row
+                              semi_amortized=args.semi_amortized
+                              if args.semi_amortized or run.guide is None else run.guide)
     summary = report.summary()
     summary["seconds"]["total"] = time.perf_counter() - start
     out = Path(args.out or Path(args.run) / "gap")

@@ -86,6 +86,8 @@ MAX_SEED = 2**32 - 1
 MAX_WIDTH = 2**20
 #: the largest --image-size
 MAX_IMAGE_SIZE = 4096
+#: the most --refine-steps (each is a forward and backward pass per training step)
+MAX_REFINE_STEPS = 1000
 #: the most --epochs (a run that would outlive its machine is a typo)
 MAX_EPOCHS = 1_000_000
 #: the most --flow-length steps
@@ -418,6 +420,15 @@ class ModelConfig:
                         "(default %(default)s)", choices=GUIDE_FAMILIES)
     flow_length: int = option(2, "flow steps K of --guide iaf / planar (default %(default)s)",
                               parse=parse_int, check=_whole(0, MAX_FLOW_LENGTH))
+    refine_steps: int = option(
+        0, "semi-amortized inference (SA-VAE, Kim et al. 2018): refine each point's Gaussian q "
+        "by K SVI steps of its ELBO, in training and in every evaluation (default %(default)s: "
+        "amortized)", parse=parse_int, check=_whole(0, MAX_REFINE_STEPS))
+    refine_lr: float = option(0.02, "step size of the --refine-steps steps (default "
+                              "%(default)s)", parse=parse_float, check=_positive())
+    refine_through: bool = option(
+        False, "back-propagate through the --refine-steps steps into the encoder (SA-VAE); "
+        "without it the encoder is trained on its own ELBO", check=_switch)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad model option."""
@@ -720,6 +731,7 @@ class Config(RunConfig, EvaluationConfig, OptimizationConfig, ObjectiveConfig, M
         if cfg.jit is None:  # the faster path, as measured in benchmarks/train_speed.py
             cfg.jit = not cfg.may_use_batch_norm() and not cfg.uses_custom_objective() \
                 and cfg.guide == "diag"  # flows and Cholesky layers run eagerly
+            cfg.jit = cfg.jit and not cfg.refine_steps  # the refinement differentiates inside
         cfg.validate(for_user_model=for_user_model)
         return cfg
 
@@ -749,6 +761,8 @@ class Config(RunConfig, EvaluationConfig, OptimizationConfig, ObjectiveConfig, M
         single-process trainer, on networks without batch norm."""
         if self.latent != "gaussian" or self.model != "vae":
             return "discrete codes and --model m2 are trained with enumeration or score terms"
+        if self.refine_steps:
+            return "--refine-steps differentiates inside the guide, which cannot be traced"
         if self.estimator not in (None, "reparam", "stl", "dreg", "score", "score-nn"):
             return (f"--estimator {self.estimator} keeps its baseline's running average in "
                     "Python, outside the step")
@@ -762,6 +776,24 @@ class Config(RunConfig, EvaluationConfig, OptimizationConfig, ObjectiveConfig, M
         if self.may_use_batch_norm():
             return "conv nets for 64×64 images have batch norm, whose statistics it cannot update"
         return None
+
+    def _validate_refinement(self) -> None:
+        """--refine-steps refines the library VAE's Gaussian guide
+        (:class:`~pyro_vae.infer.semi_amortized.SemiAmortizedGuide`) under Pyro's ELBO, in the
+        single-process trainer's eager step."""
+        for option_name, value, default in (("model", self.model, "vae"),
+                                            ("latent", self.latent, "gaussian"),
+                                            ("guide", self.guide, "diag"),
+                                            ("objective", self.objective, "elbo"),
+                                            ("estimator", self.estimator, "reparam"),
+                                            ("strategy", self.strategy, "single")):
+            if value is not None and value != default:
+                raise ConfigError(f"--refine-steps refines the diagonal Gaussian guide of --model "
+                                  f"vae under the ELBO, on one process; it takes --{option_name} "
+                                  f"{default}, got --{option_name} {value}")
+        if self.jit:
+            raise ConfigError("--refine-steps differentiates inside the guide, which --jit "
+                              "cannot trace; drop --jit")
 
     def _validate_m2(self) -> None:
         for option_name, value, default in (("latent", self.latent, "gaussian"),
@@ -842,6 +874,8 @@ class Config(RunConfig, EvaluationConfig, OptimizationConfig, ObjectiveConfig, M
         if self.compile and self.compile_unsupported():
             raise ConfigError(f"--compile cannot train this configuration: "
                               f"{self.compile_unsupported()}; drop --compile")
+        if self.refine_steps:
+            self._validate_refinement()
         if self.jit and self.uses_custom_objective():
             raise ConfigError("--jit compiles Pyro's own ELBO; with --objective "
                               f"{self.objective} --estimator {self.estimator} drop --jit")

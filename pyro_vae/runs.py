@@ -48,6 +48,7 @@ from pyro_vae.errors import CheckpointError, ConfigError, DataError, ModelError
 from pyro_vae.infer.trainer import Trainer
 from pyro_vae.jobs import BudgetError, budget, job
 from pyro_vae.loggers import RunLogger, make_logger
+from pyro_vae.models.builder import build_guide
 from pyro_vae.models.vae import VAE
 
 #: Options that may differ between a run and its resumption.
@@ -389,6 +390,9 @@ class LoadedRun:
     data: DataSet
     history: list[dict[str, Any]]
     device: torch.device
+    #: the guide the run was trained and is evaluated with beside ``vae.guide`` (the
+    #: semi-amortized one of ``--refine-steps``), or None
+    guide: Any = None
 
 
 def _folder(path: Any) -> Path:
@@ -408,4 +412,5 @@ def load_run(run_dir: str | Path, device: str = "cpu", load_data: bool = True) -
     restore_model(vae, state)
     vae.eval()
     data = prepare_data(config).to(dev) if load_data else None
-    return LoadedRun(config, vae, data, list(state["history"]), dev)  # type: ignore[arg-type]
+    return LoadedRun(config, vae, data, list(state["history"]), dev,  # type: ignore[arg-type]
+                     build_guide(config, vae))

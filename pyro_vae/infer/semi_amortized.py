@@ -225,6 +225,11 @@ def _protocol(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
+#: the per-point gradient norm at which Kim et al. (2018) clip the refinement steps: what the
+#: gap report and ``pyro-vae train --refine-steps`` use (the class's own default is no clip)
+CLIP_NORM = 5.0
+
+
 class SemiAmortizedGuide(nn.Module):
     """The amortized ``guide`` of ``model``, refined per data point by ``steps`` SVI steps
     (module docstring): a guide for ``pyro.infer.SVI``, the library's

@@ -75,7 +75,7 @@ from pyro_vae.infer.optim import build_optimizer
 from pyro_vae.infer.problem import PROGRAM_ERRORS, ProtocolProgram, describe, program_failure
 from pyro_vae.infer.semi_supervised import LabelledBatches, SemiSupervisedELBO
 from pyro_vae.infer.steps import CompiledWholeStep, EagerStep, JitStep, NonFiniteStepError
-from pyro_vae.models.builder import build_vae
+from pyro_vae.models.builder import build_guide, build_vae
 from pyro_vae.models.discrete_vae import DiscreteVAE
 from pyro_vae.models.m2 import SemiSupervisedVAE
 from pyro_vae.models.vae import VAE, evaluating
@@ -294,7 +294,10 @@ class Trainer:
         self.vae = vae.to(self.device) if isinstance(vae, nn.Module) else vae
         self.batches.to(self.data)
         self.user_guide, self.user_loss, self.user_optim = guide, loss, optim
-        self.guide_fn = guide if guide is not None else vae.guide
+        #: the guide the run is evaluated with beside the model's own: the user's, or the
+        #: semi-amortized one of ``--refine-steps`` (None: ``vae.guide``)
+        self.eval_guide = guide if guide is not None else self._refined_guide(vae, config)
+        self.guide_fn = self.eval_guide if self.eval_guide is not None else vae.guide
         owner = guide_module(guide)
         if owner is not None:
             owner.to(self.device)
@@ -323,6 +326,15 @@ class Trainer:
         self._plate_sizes: dict[int, int] = {}  # batch size → the data plate's full size
         self._problems: dict[str, Any] = {}  # the evaluation's model descriptions, per split
         self._x_eval_train, self._y_eval_train = train_eval_subset(config, self.data)
+
+    @staticmethod
+    def _refined_guide(vae: Any, config: Config) -> Callable[..., Any] | None:
+        if not config.refine_steps:
+            return None
+        if type(vae) is not VAE:
+            raise ConfigError("--refine-steps refines the library VAE's guide; for a model of "
+                              "your own pass guide=SemiAmortizedGuide(model, guide, steps=K)")
+        return build_guide(config, vae)
 
     @staticmethod
     def _resolve(vae: Any, config: Config | None, loss: Any, guide: Any) -> Config:
@@ -413,6 +425,10 @@ class Trainer:
         b = self._full_batch
         y = self.data.y_train[:b] if self.conditional else None
         x = self.data.x_train[:b]
+        if self.config.binarize == "dynamic":
+            # in the model's support, for a guide that scores it (semi-amortized refinement);
+            # by threshold, which leaves the random stream of training as it was
+            x = (x > 0.5).to(x.dtype)
         try:
             params = trainable_params(self.model_fn, self.guide_fn, x, y, self.owners)
         except PyroVAEError:
@@ -577,7 +593,7 @@ class Trainer:
         try:
             metrics = epoch_metrics(self.vae, self.data, self._x_eval_train,
                                     self._y_eval_train, self.config.eval_samples,
-                                    guide=self.user_guide, problems=self._problems)
+                                    guide=self.eval_guide, problems=self._problems)
         except ValueError as exc:
             if "constraint" not in str(exc) and "invalid values" not in str(exc):
                 raise

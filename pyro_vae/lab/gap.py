@@ -62,8 +62,6 @@ from pyro_vae.infer.vem import (
 from pyro_vae.models.vae import VAE, evaluating
 from pyro_vae.resources import CHUNK_ELEMENTS
 
-#: the per-point gradient norm the report's semi-amortized refinement clips at (Kim et al. 2018)
-SA_MAX_GRAD_NORM = 5.0
 #: log p̂(x) takes, per point, the estimate with the highest value − CONFIDENCE · standard error
 CONFIDENCE = 2.0
 #: the estimates log p̂(x) is the best of, in the order the table lists them
@@ -182,7 +180,7 @@ def amortization_gap(
     :param semi_amortized: a row between L[q] and L[q*]: **L[q_SA]**, the ELBO of the guide's
         output refined per point by SVI steps
         (:class:`~pyro_vae.infer.semi_amortized.SemiAmortizedGuide`, each point's gradient
-        clipped at :data:`SA_MAX_GRAD_NORM`), scored on
+        clipped at :data:`~pyro_vae.infer.semi_amortized.CLIP_NORM`), scored on
         ``eval_samples`` draws, and the fraction (L[q_SA] − L[q]) / (L[q*] − L[q]) of the
         amortization gap it closes (mean over points of the two differences). An integer K
         wraps ``guide`` with K steps; a ``SemiAmortizedGuide`` (a model trained as SA-VAE) is
@@ -198,7 +196,7 @@ def amortization_gap(
         raise ConfigError("--iw-samples must be ≥ 2: log p̂(x) is chosen on one half of the draws "
                           "and reported from the other; e.g. 1000")
     yy = labels(vae, y)
-    from pyro_vae.infer.semi_amortized import SemiAmortizedGuide
+    from pyro_vae.infer.semi_amortized import CLIP_NORM, SemiAmortizedGuide
 
     sa = semi_amortized if isinstance(semi_amortized, SemiAmortizedGuide) else None
     if sa is None and isinstance(guide, SemiAmortizedGuide):
@@ -214,7 +212,7 @@ def amortization_gap(
         # clipped as Kim et al. clip: the report runs on models whose curvature no step size
         # was chosen for
         sa = SemiAmortizedGuide(model, guide, steps=semi_amortized,
-                                max_grad_norm=SA_MAX_GRAD_NORM)
+                                max_grad_norm=CLIP_NORM)
     problem = describe(model, guide, x[:min(x.shape[0], 64)], None if yy is None else
                        yy[:min(x.shape[0], 64)])
     problem.require_continuous("the gap report")

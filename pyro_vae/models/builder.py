@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from pyro_vae.config import Config
 from pyro_vae.distributions.guides import GuideFamily
@@ -95,3 +96,18 @@ def _build_m2(config: Config, event_shape: Sequence[int], num_data: int | None,
     unlabelled = None if num_data is None else num_data - config.labels
     return SemiSupervisedVAE(classifier, encoder, decoder, likelihood, latent, event_shape,
                              num_classes, config.labels, unlabelled, config.aux_weight)
+
+
+def build_guide(config: Config, vae: VAE) -> Callable[..., Any] | None:
+    """The guide a run of ``config`` trains and evaluates beside ``vae``'s own: ``None`` for
+    the amortized ``vae.guide``; with ``--refine-steps K``, the
+    :class:`~pyro_vae.infer.semi_amortized.SemiAmortizedGuide` that refines its Gaussian per
+    point by K clipped SVI steps (Kim et al. 2018), through which the encoder is trained with
+    ``--refine-through``, on its own ELBO without."""
+    if not config.refine_steps:
+        return None
+    from pyro_vae.infer.semi_amortized import CLIP_NORM, SemiAmortizedGuide
+
+    return SemiAmortizedGuide(vae.model, vae.guide, steps=config.refine_steps,
+                              lr=config.refine_lr, differentiable=config.refine_through,
+                              max_grad_norm=CLIP_NORM)

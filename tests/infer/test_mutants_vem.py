@@ -328,6 +328,6 @@ def test_mini_batches_of_a_model_without_subsample_indices_are_one_library_error
             pyro.sample("x", dist.Normal(z + b, 1.0), obs=x.squeeze(-1))
 
     vem = VariationalEM(ModelGuide(model, lambda x: None), num_data=8)
-    with pytest.raises(ModelError, match="takes no subsample indices.*batch_size=8"):
+    with pytest.raises(ModelError, match=r"takes no subsample indices.*batch_size=8"):
         vem.fit(torch.randn(8, 1), None, epochs=1, batch_size=4)
     assert len(vem.fit(torch.randn(8, 1), None, epochs=1, batch_size=8)) == 1
