@@ -331,3 +331,22 @@ def test_mini_batches_of_a_model_without_subsample_indices_are_one_library_error
     with pytest.raises(ModelError, match=r"takes no subsample indices.*batch_size=8"):
         vem.fit(torch.randn(8, 1), None, epochs=1, batch_size=4)
     assert len(vem.fit(torch.randn(8, 1), None, epochs=1, batch_size=8)) == 1
+
+
+def test_chunks_of_a_conditional_model_keep_each_points_label():
+    """Scored in chunks of 2 points or all at once, a conditional model's per-point ELBOs are
+    the same: each chunk takes the labels of its own points."""
+    from unittest import mock
+
+    from pyro_vae.infer import vem
+    from tests.common import make_batch
+
+    vae, x = small_vae(num_classes=3), make_batch(5)
+    y = torch.tensor([0, 2, 1, 1, 0])
+    problem = vem.model_problem(vae, x, y)
+    params = {"loc": torch.randn(5, problem.dim), "log_scale": torch.zeros(5, problem.dim)}
+    eps = torch.randn(16, 5, problem.dim, generator=torch.Generator().manual_seed(0))
+    whole = vem.local_elbo(vae, x, y, None, params, eps, problem)
+    with mock.patch.object(vem, "_chunk", lambda vae, draws: 2):
+        chunked = vem.chunked_local_elbo(vae, x, y, None, params, eps)
+    torch.testing.assert_close(chunked, whole.detach())
