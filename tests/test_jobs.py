@@ -193,8 +193,8 @@ def test_training_refused_after_its_probe_keeps_its_epochs(capsys, tmp_path, mon
     monkeypatch.setattr(jobs, "MIN_PROBE_SECONDS", 0.0)
     out = tmp_path / "run"
     argv = ["train", "--dataset", "moons", "--hidden", "8", "--max-train", "64", "--max-test",
-            "16", "--batch-size", "32", "--no-figures", "--no-progress", "--out", str(out),
-            "--epochs", "100000", "--no-compile"]
+            "16", "--batch-size", "32", "--no-figures", "--no-progress", "--no-compile", "--out",
+            str(out), "--epochs", "100000"]
     code = cli_main([*argv, "--max-minutes", "0.0001"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
