@@ -64,10 +64,10 @@ def test_ddp_options_are_validated():
 def test_a_one_worker_ddp_run_of_the_default_model_evaluates_like_the_trainer(tmp_path):
     """Digits defaults: Bernoulli with dynamic binarization, whose per-epoch training ELBO is
     scored on a fixed binarized subset, as in the single-process trainer."""
-    proc = subprocess.run([sys.executable, "-m", "pyro_vae", "train", "--max-train", "256",
-                           "--max-test", "64", "--epochs", "2", "--strategy", "ddp",
-                           "--devices", "1", "--no-progress", "--out", str(tmp_path / "run")],
-                          capture_output=True, text=True, timeout=600)
+    # one worker: Lightning starts no second process, so a fork of the imported library runs it
+    proc = forked_run(["train", "--max-train", "256", "--max-test", "64", "--epochs", "2",
+                       "--strategy", "ddp", "--devices", "1", "--no-progress", "--out",
+                       str(tmp_path / "run")], tmp_path / "logs", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = load_run(tmp_path / "run")
     assert [h["epoch"] for h in run.history] == [1, 2]
