@@ -114,8 +114,10 @@ class LocalGuide:
                              "indices; call with indices (the model's plate subsample), or "
                              "fit the whole data set at once")
         shape = (n, problem.dim)
-        loc0 = self._init_loc if self._init_loc is not None else torch.zeros(shape)
-        scale0 = self._init_scale if self._init_scale is not None else torch.ones(shape)
+        real = real_dtype(x)
+        loc0 = self._init_loc if self._init_loc is not None else torch.zeros(shape, dtype=real)
+        scale0 = self._init_scale if self._init_scale is not None else \
+            torch.ones(shape, dtype=real)
         loc = pyro.param(self.loc_name, lambda: loc0.clone().to(x.device))
         scale = pyro.param(self.scale_name, lambda: scale0.clone().to(x.device),
                            constraint=constraints.positive)
@@ -145,6 +147,12 @@ class LocalGuide:
 
     def values(self) -> tuple[torch.Tensor, torch.Tensor]:
         return pyro.param(self.loc_name).detach(), pyro.param(self.scale_name).detach()
+
+
+def real_dtype(x: torch.Tensor) -> torch.dtype:
+    """The floating dtype of the latent draws and local parameters for data ``x``: its own
+    (a float64 model gets float64 draws), or torch's default for integer data."""
+    return x.dtype if x.is_floating_point() else torch.get_default_dtype()
 
 
 class RowAdam:
@@ -506,7 +514,7 @@ def fixed_draws(problem: Any, x: torch.Tensor, seed: int, samples: int) -> torch
     described on ``x``)."""
     dim = problem.dim if isinstance(problem, Problem) else model_problem(problem, x[:1]).dim
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.randn(samples, x.shape[0], dim, generator=gen).to(x.device)
+    return torch.randn(samples, x.shape[0], dim, generator=gen, dtype=real_dtype(x)).to(x.device)
 
 
 def model_problem(vae: Any, x: torch.Tensor, y: torch.Tensor | None = None) -> Problem:
@@ -593,7 +601,7 @@ def fit_local(
             loc0, scale0 = guide_moments(vae, guide, x, yy, problem=problem)
             params0 = {"loc": loc0.detach(), "log_scale": scale0.detach().log()}
         else:
-            loc0 = torch.zeros(x.shape[0], problem.dim, device=x.device)
+            loc0 = torch.zeros(x.shape[0], problem.dim, device=x.device, dtype=real_dtype(x))
             params0 = {"loc": loc0, "log_scale": torch.zeros_like(loc0)}
         start_elbo = chunked_local_elbo(vae, x, yy, family, params0, eps_check, problem).detach()
     n = x.shape[0]
@@ -602,7 +610,7 @@ def fit_local(
     active = torch.arange(n, device=x.device)
     params = {k: v.clone() for k, v in params0.items()}          # final values, all points
     names = list(params0)
-    rate = torch.full((n,), float(lr), device=x.device)
+    rate = torch.full((n,), float(lr), device=x.device, dtype=real_dtype(x))
     adam = RowAdam([params0[k].clone() for k in names], rate.clone())
     current = start_elbo.clone()
     best = start_elbo.clone()
@@ -622,7 +630,8 @@ def fit_local(
             taken = 0
             for _ in range(check_every):
                 leaves = [p.requires_grad_(True) for p in adam.params]
-                eps = torch.randn(num_samples, active.numel(), problem.dim, device=x.device)
+                eps = torch.randn(num_samples, active.numel(), problem.dim, device=x.device,
+                                  dtype=real_dtype(x))
                 named = dict(zip(names, leaves, strict=True))
                 loss = -local_elbo(vae, x_act, y_act, family, named, eps, problem).sum()
                 adam.step(None, list(torch.autograd.grad(loss, leaves)))

@@ -58,6 +58,7 @@ from pyro_vae.infer.vem import (
     fixed_draws,
     labels,
     model_problem,
+    real_dtype,
 )
 from pyro_vae.models.vae import VAE, evaluating
 from pyro_vae.resources import CHUNK_ELEMENTS
@@ -380,7 +381,8 @@ def fit_iwae(vae: Any, x: torch.Tensor, y: torch.Tensor | None, fit: LocalFit,
     with evaluating(*_modules(vae, None)), torch.no_grad():
         while running.count < num_samples:
             k = min(chunk, num_samples - running.count)
-            eps = torch.randn(k, x.shape[0], problem.dim, generator=gen).to(x.device)
+            eps = torch.randn(k, x.shape[0], problem.dim, generator=gen,
+                              dtype=real_dtype(x)).to(x.device)
             u, log_q = draw(q, eps)
             running.add(problem.log_joint(x, y, u) - log_q)
     return running.result()
