@@ -559,8 +559,11 @@ class RunConfig:
                           parse=parse_int, check=_whole())
     num_nodes: int = option(1, "machines for --strategy ddp (launch one command per node)",
                             parse=parse_int, check=_whole())
-    checkpoint_every: int = option(1, "write the checkpoint every N epochs (default "
-                                   "%(default)s)", parse=parse_int, check=_whole())
+    checkpoint_every: int | None = option(
+        None, "write the checkpoint and metrics every N epochs (default: after the first epoch, "
+        "then after any epoch that ends 10 s or more after the last write, and after the last: "
+        "an interrupted run loses at most the last ~10 s of training)", parse=parse_int,
+        check=_whole())
     threads: int | None = option(None, "torch threads of the run (default: 1 for MLP networks "
                                  "on CPU, whose small matrix products gain nothing from more "
                                  "and slow down many times on a busy machine; torch's own count "

@@ -26,6 +26,7 @@ import os
 import platform
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -227,7 +228,9 @@ def train_run(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     figures: bool = True,
 ) -> RunResult | None:
-    """Train ``config`` into ``run_dir``, checkpointing every ``checkpoint_every`` epochs.
+    """Train ``config`` into ``run_dir``, checkpointing every ``checkpoint_every`` epochs, or,
+    when it is unset, after the first epoch, then every :data:`CHECKPOINT_SECONDS` of
+    training, after the last epoch and on SIGINT (the metrics files are written with it).
 
     With ``resume``, continue from ``run_dir/checkpoint.pt`` (same configuration except
     ``epochs``/``device``); the numbers equal those of an uninterrupted run with the same seed.
@@ -296,6 +299,24 @@ def _train_locked(config: Config, run_dir: Path, device: torch.device, resume: b
         logger.close()
 
 
+#: with ``checkpoint_every`` unset, the most seconds of training between two checkpoints: a
+#: checkpoint (its checksum, write and fsync) and the metrics files cost 10–30 ms, as much as a
+#: whole epoch of the default run; every epoch, they took a third of its training time
+CHECKPOINT_SECONDS = 10.0
+
+
+def checkpoint_due(config: Config, trainer: Trainer, last_write: float) -> bool:
+    """Whether the epoch just trained ends with a checkpoint: every ``checkpoint_every``
+    epochs when that is set; else the first epoch (a run has a checkpoint early), any epoch
+    ending :data:`CHECKPOINT_SECONDS` after the last write, and the last epoch."""
+    if trainer.epoch == config.epochs:
+        return True
+    if config.checkpoint_every is not None:
+        return trainer.epoch % config.checkpoint_every == 0
+    return trainer.checkpoint_epoch is None or \
+        time.monotonic() - last_write >= CHECKPOINT_SECONDS
+
+
 def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, data: DataSet,
                   logger: RunLogger, progress: bool,
                   on_epoch: Callable[[dict[str, Any]], None] | None, figures: bool) -> RunResult:
@@ -308,6 +329,7 @@ def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, data: DataSet
         interrupted["flag"] = True
 
     previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+    last_write = time.monotonic()
     try:
         with budget(config.max_minutes, progress), job(
                 "training", config.epochs - trainer.epoch, "epoch",
@@ -317,11 +339,11 @@ def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, data: DataSet
                 metrics = trainer.train_epoch()
                 # the first epochs are the probe (the first, which traces or compiles, only
                 # warms up): a run projected past --max-minutes stops there
-                if trainer.epoch % config.checkpoint_every == 0 \
-                        or trainer.epoch == config.epochs or interrupted["flag"]:
+                if checkpoint_due(config, trainer, last_write) or interrupted["flag"]:
                     save_checkpoint(trainer.state_dict(), ckpt_path)
+                    write_metrics(run_dir, trainer.history)
                     trainer.checkpoint_epoch = trainer.epoch
-                write_metrics(run_dir, trainer.history)
+                    last_write = time.monotonic()
                 logger.log_metrics(metrics, trainer.epoch)
                 if on_epoch is not None:
                     on_epoch(metrics)
@@ -332,6 +354,7 @@ def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, data: DataSet
                 except BudgetError as exc:  # refused after epochs that are worth keeping
                     if trainer.checkpoint_epoch != trainer.epoch:
                         save_checkpoint(trainer.state_dict(), ckpt_path)
+                        write_metrics(run_dir, trainer.history)
                     raise BudgetError(f"{exc} (the {trainer.epoch} epochs trained so far are "
                                       f"saved in {run_dir}: --resume continues them)") from None
     finally:

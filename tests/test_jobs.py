@@ -5,6 +5,7 @@ line on the cases that used to run for hours without a word."""
 from __future__ import annotations
 
 import io
+import json
 import time
 
 import pytest
@@ -201,3 +202,32 @@ def test_training_refused_after_its_probe_keeps_its_epochs(capsys, tmp_path, mon
     assert "training would take about" in err[0] and "--resume continues them" in err[0]
     assert (out / "checkpoint.pt").exists()
     assert cli_main([*argv[:-1], "3", "--resume"]) == 0
+
+
+def test_checkpoints_are_written_after_the_first_epoch_every_ten_seconds_and_at_the_end(
+        tmp_path, monkeypatch):
+    """With --checkpoint-every unset: epochs 1 and the last of a fast run (each epoch advances a
+    fake clock by 4 s: epochs 1, 4 (12 s after epoch 1), 7 and 8 here); with it set, its
+    multiples and the last."""
+    import pyro_vae.runs as runs
+    from pyro_vae.config import Config
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(runs.time, "monotonic", lambda: clock["t"])
+    written = []
+    save = runs.save_checkpoint
+
+    def recording_save(payload, path):
+        written.append(payload["epoch"])
+        save(payload, path)
+
+    monkeypatch.setattr(runs, "save_checkpoint", recording_save)
+    for every, expected in ((None, [1, 4, 7, 8]), (3, [3, 6, 8])):
+        written.clear()
+        clock["t"] = 0.0
+        runs.train_run(Config(dataset="moons", hidden=(8,), max_train=64, max_test=16,
+                              epochs=8, batch_size=32, checkpoint_every=every),
+                       tmp_path / f"run{every}", progress=False, figures=False,
+                       on_epoch=lambda m: clock.__setitem__("t", clock["t"] + 4.0))
+        assert written == expected, (every, written)
+        assert len(json.loads((tmp_path / f"run{every}" / "metrics.json").read_text())) == 8
