@@ -170,7 +170,7 @@ def test_skip_nonfinite_counts_skipped_steps(monkeypatch):
 
 
 def test_nan_during_a_run_keeps_the_last_good_checkpoint(tmp_path):
-    config = small_config(epochs=4)
+    config = small_config(epochs=4, checkpoint_every=1)  # a checkpoint after every epoch
 
     def poison(metrics):
         if metrics["epoch"] == 2:  # corrupt the decoder after epoch 2 was checkpointed
@@ -194,6 +194,7 @@ def _comparable(history):
                                           "binarize": "none", "kl_schedule": "cyclical",
                                           "lr_schedule": "exponential"}])
 def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path, changes):
+    changes = {**changes, "checkpoint_every": 1}  # the crash after epoch 2 finds it saved
     full = train_run(small_config(epochs=4, **changes), tmp_path / "full", progress=False,
                      figures=False)
 
