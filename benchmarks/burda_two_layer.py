@@ -10,7 +10,7 @@ epochs for every model; the paper trains 3280 epochs with a decaying step on MNI
 few. Every model goes through the library's one training loop (``Trainer(model, data,
 loss=..., optim=..., config=...)``) and the same evaluation (``iwae_log_likelihood``).
 
-    OMP_NUM_THREADS=1 python benchmarks/burda_two_layer.py              # ~25 min on the 2-core VM
+    OMP_NUM_THREADS=1 python benchmarks/burda_two_layer.py              # ~8 min on the 2-core VM
     python benchmarks/burda_two_layer.py --max-train 2000 --epochs 1 --eval-points 50   # seconds
 
 Prints a Markdown table (test log p(x) ± se over images, the paired differences the ordering
@@ -48,7 +48,7 @@ def model(layers: int, event_shape, num_data: int):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--max-train", type=int, default=20000)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--k", type=int, default=5, help="IWAE samples in training")
     p.add_argument("--eval-points", type=int, default=500)
     p.add_argument("--iw-samples", type=int, default=5000)
