@@ -780,35 +780,34 @@ class Config(RunConfig, EvaluationConfig, OptimizationConfig, ObjectiveConfig, M
             return "conv nets for 64×64 images have batch norm, whose statistics it cannot update"
         return None
 
+    def _require(self, who: str, needs: tuple[tuple[str, str], ...], why: str) -> None:
+        """:class:`ConfigError` for the first option of ``needs`` (name, required value) that
+        is set to another value: "``who`` takes --NAME VALUE (``why``)"."""
+        for name, required in needs:
+            value = getattr(self, name)
+            if value is not None and value != required:
+                raise ConfigError(f"{who} takes --{name} {required} ({why}), got --{name} "
+                                  f"{value}; drop it")
+
     def _validate_refinement(self) -> None:
         """--refine-steps refines the library VAE's Gaussian guide
         (:class:`~pyro_vae.infer.semi_amortized.SemiAmortizedGuide`) under Pyro's ELBO, in the
         single-process trainer's eager step."""
-        for option_name, value, default in (("model", self.model, "vae"),
-                                            ("latent", self.latent, "gaussian"),
-                                            ("guide", self.guide, "diag"),
-                                            ("objective", self.objective, "elbo"),
-                                            ("estimator", self.estimator, "reparam"),
-                                            ("strategy", self.strategy, "single")):
-            if value is not None and value != default:
-                raise ConfigError(f"--refine-steps refines the diagonal Gaussian guide of --model "
-                                  f"vae under the ELBO, on one process; it takes --{option_name} "
-                                  f"{default}, got --{option_name} {value}")
+        self._require("--refine-steps",
+                      (("model", "vae"), ("latent", "gaussian"), ("guide", "diag"),
+                       ("objective", "elbo"), ("estimator", "reparam"), ("strategy", "single")),
+                      "it refines the diagonal Gaussian guide of --model vae under the ELBO, on "
+                      "one process")
         if self.jit:
             raise ConfigError("--refine-steps differentiates inside the guide, which --jit "
                               "cannot trace; drop --jit")
 
     def _validate_m2(self) -> None:
-        for option_name, value, default in (("latent", self.latent, "gaussian"),
-                                            ("objective", self.objective, "elbo"),
-                                            ("estimator", self.estimator, "reparam"),
-                                            ("guide", self.guide, "diag"),
-                                            ("elbo", self.elbo, "trace"),
-                                            ("arch", self.arch, "mlp"),
-                                            ("strategy", self.strategy, "single")):
-            if value is not None and value != default:
-                raise ConfigError(f"--model m2 takes --{option_name} {default} (its y is summed "
-                                  f"out by TraceEnum_ELBO), got --{option_name} {value}; drop it")
+        self._require("--model m2",
+                      (("latent", "gaussian"), ("objective", "elbo"), ("estimator", "reparam"),
+                       ("guide", "diag"), ("elbo", "trace"), ("arch", "mlp"),
+                       ("strategy", "single")),
+                      "its y is summed out by TraceEnum_ELBO")
         if self.conditional:
             raise ConfigError("--model m2 models the label itself; drop --conditional")
 

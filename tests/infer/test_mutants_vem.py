@@ -246,6 +246,20 @@ def test_a_learning_rate_decay_above_one_is_refused():
         fit_local(small_vae(), make_batch(2), lr_decay=1.5)
 
 
+def _offset_model(name: str):
+    """z ~ N(0, 1), x | z ~ N(z + b, 1) per point, written as ``model(x)`` (no subsample
+    indices); returns the learned offset b and the model."""
+    b = torch.nn.Parameter(torch.zeros(()))
+
+    def model(x):
+        pyro.module(name, torch.nn.ParameterList([b]))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z + b, 1.0), obs=x.squeeze(-1))
+
+    return b, model
+
+
 def test_a_model_without_subsample_indices_keeps_each_points_own_local_parameters():
     """``model(x)`` (no indices: fitted on the whole data set, which ``fit`` shuffles every
     epoch), and a model that takes indices on batches as large as the data set (where Pyro's
@@ -253,13 +267,7 @@ def test_a_model_without_subsample_indices_keeps_each_points_own_local_parameter
     point n's. z ~ N(0, 1), x | z ~ N(z + b, 1) has the posterior
     mean (x − b)/2 per point; a λ row that saw a different point each epoch ends near the
     average of all points' means instead."""
-    b = torch.nn.Parameter(torch.zeros(()))
-
-    def model(x):
-        pyro.module("mutants_vem_offset", torch.nn.ParameterList([b]))
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            pyro.sample("x", dist.Normal(z + b, 1.0), obs=x.squeeze(-1))
+    b, model = _offset_model("mutants_vem_offset")
 
     def model_with_indices(x, y=None, indices=None):
         pyro.module("mutants_vem_offset", torch.nn.ParameterList([b]))
@@ -319,13 +327,7 @@ def test_mini_batches_of_a_model_without_subsample_indices_are_one_library_error
 
     from pyro_vae.errors import ModelError
 
-    b = torch.nn.Parameter(torch.zeros(()))
-
-    def model(x):
-        pyro.module("mutants_vem_offset_batches", torch.nn.ParameterList([b]))
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            pyro.sample("x", dist.Normal(z + b, 1.0), obs=x.squeeze(-1))
+    _, model = _offset_model("mutants_vem_offset_batches")
 
     vem = VariationalEM(ModelGuide(model, lambda x: None), num_data=8)
     with pytest.raises(ModelError, match=r"takes no subsample indices.*batch_size=8"):
