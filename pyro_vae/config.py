@@ -732,9 +732,10 @@ class Config(RunConfig, EvaluationConfig, OptimizationConfig, ObjectiveConfig, M
         if cfg.binarize is None:
             cfg.binarize = "none"
         if cfg.jit is None:  # the faster path, as measured in benchmarks/train_speed.py
+            # flows and Cholesky layers run eagerly, as does a refinement (it differentiates
+            # inside the guide)
             cfg.jit = not cfg.may_use_batch_norm() and not cfg.uses_custom_objective() \
-                and cfg.guide == "diag"  # flows and Cholesky layers run eagerly
-            cfg.jit = cfg.jit and not cfg.refine_steps  # the refinement differentiates inside
+                and cfg.guide == "diag" and not cfg.refine_steps
         cfg.validate(for_user_model=for_user_model)
         return cfg
 

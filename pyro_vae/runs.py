@@ -328,6 +328,13 @@ def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, data: DataSet
     def on_sigint(signum, frame):  # finish the epoch, checkpoint, then stop
         interrupted["flag"] = True
 
+    def checkpoint() -> float:
+        """The checkpoint and the metrics files of the epochs so far; returns the time."""
+        save_checkpoint(trainer.state_dict(), ckpt_path)
+        write_metrics(run_dir, trainer.history)
+        trainer.checkpoint_epoch = trainer.epoch
+        return time.monotonic()
+
     previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
     last_write = time.monotonic()
     try:
@@ -340,10 +347,7 @@ def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, data: DataSet
                 # the first epochs are the probe (the first, which traces or compiles, only
                 # warms up): a run projected past --max-minutes stops there
                 if checkpoint_due(config, trainer, last_write) or interrupted["flag"]:
-                    save_checkpoint(trainer.state_dict(), ckpt_path)
-                    write_metrics(run_dir, trainer.history)
-                    trainer.checkpoint_epoch = trainer.epoch
-                    last_write = time.monotonic()
+                    last_write = checkpoint()
                 logger.log_metrics(metrics, trainer.epoch)
                 if on_epoch is not None:
                     on_epoch(metrics)
@@ -353,15 +357,14 @@ def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, data: DataSet
                     work.advance()
                 except BudgetError as exc:  # refused after epochs that are worth keeping
                     if trainer.checkpoint_epoch != trainer.epoch:
-                        save_checkpoint(trainer.state_dict(), ckpt_path)
-                        write_metrics(run_dir, trainer.history)
+                        checkpoint()
                     raise BudgetError(f"{exc} (the {trainer.epoch} epochs trained so far are "
                                       f"saved in {run_dir}: --resume continues them)") from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     if not ckpt_path.exists():
-        save_checkpoint(trainer.state_dict(), ckpt_path)
+        checkpoint()
     if interrupted["flag"]:
         raise KeyboardInterrupt(f"interrupted after epoch {trainer.epoch}; the checkpoint is "
                                 f"saved: continue with --resume --out {run_dir}")
