@@ -391,10 +391,24 @@ def _check_constants(graph: fx.GraphModule, params: Sequence[torch.Tensor]) -> N
 
 def _compile(graph: fx.GraphModule, inputs: Sequence[torch.Tensor], backend: str
              ) -> Callable[..., Any]:
+    """``graph`` lowered by TorchInductor, through its on-disk caches.
+
+    Inductor keys its FX-graph cache (and AOTAutograd's) on the graph and the shapes of its
+    inputs, but looks a graph up only when a tracing context with a shape environment is active —
+    which ``torch.compile`` sets up and a graph traced by ``make_fx`` lacks: without one the cache
+    is bypassed ("No shape env") and every run regenerates and recompiles the same C++ (7 s for
+    the digits step on this project's CPUs). The context given here holds static shapes only (a
+    graph is compiled per input signature), so a later process that traces the same step loads
+    it from the cache (2.8 s, most of it importing Inductor and probing the CPU's vector ISA).
+    """
     if backend == "aten":
         return graph
+    from torch._guards import TracingContext, tracing
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
     try:
-        with torch.no_grad():
+        with torch.no_grad(), tracing(TracingContext(FakeTensorMode(shape_env=ShapeEnv()))):
             return torch._inductor.compile(graph, [t.detach() for t in inputs],
                                            options=INDUCTOR_OPTIONS)
     except Exception as exc:  # no C++ compiler, an unsupported op, ...

@@ -138,7 +138,10 @@ def epoch_metrics(vae: Any, data: DataSet, x_train: torch.Tensor,
     y_test = data.y_test if conditional else None
     y_train = y_train if conditional else None
     for split, x, y in (("train", x_train, y_train), ("test", data.x_test, y_test)):
-        for key, est in evaluate_elbo(vae, x, y, num_samples=num_samples, guide=guide,
+        # each split in as few chunks as memory allows (evaluate_elbo caps the chunk): one run
+        # of model and guide per chunk is the evaluation's overhead
+        for key, est in evaluate_elbo(vae, x, y, batch_size=max(1, x.shape[0]),
+                                      num_samples=num_samples, guide=guide,
                                       problems=problems, key=split).items():
             out[f"{split}_{key}"] = est.mean
             out[f"{split}_{key}_se"] = est.stderr
@@ -509,12 +512,10 @@ class Trainer:
             m.train()
         if isinstance(self.step, (JitStep, CompiledWholeStep)):
             self.step.check()  # a Python value the traced step froze changed since: re-trace
-        trusted = self.vae.trusted_inputs if isinstance(self.vae, VAE) \
-            else contextlib.nullcontext
         for step, batch in enumerate(self.batches.epoch()):
             beta = self.schedule(self.global_step)
             try:
-                with trusted():
+                with self._trusted():
                     loss = self.step(*batch.args, beta)
             except NonFiniteStepError as bad:
                 if not cfg.skip_nonfinite:
@@ -531,6 +532,13 @@ class Trainer:
         metrics.update(self.evaluate())
         self.history.append(metrics)
         return metrics
+
+    def _trusted(self) -> contextlib.AbstractContextManager[Any]:
+        """The library VAE's :meth:`~pyro_vae.models.vae.VAE.trusted_inputs` (its per-call value
+        checks of x, indices and β skipped: the trainer's data was validated once), for the
+        steps and the per-epoch evaluation; nothing for a user's model."""
+        return self.vae.trusted_inputs() if isinstance(self.vae, VAE) \
+            else contextlib.nullcontext()
 
     def schedule(self, global_step: int, kl_schedule: KLSchedule | None = None) -> float:
         """The per-step schedules at optimization step ``global_step``: sets the relaxation
@@ -591,9 +599,10 @@ class Trainer:
         :raises TrainingDivergedError: when the networks' outputs are no longer finite (torch's
             distributions refuse NaN parameters), which ``--skip-nonfinite`` cannot skip."""
         try:
-            metrics = epoch_metrics(self.vae, self.data, self._x_eval_train,
-                                    self._y_eval_train, self.config.eval_samples,
-                                    guide=self.eval_guide, problems=self._problems)
+            with self._trusted():
+                metrics = epoch_metrics(self.vae, self.data, self._x_eval_train,
+                                        self._y_eval_train, self.config.eval_samples,
+                                        guide=self.eval_guide, problems=self._problems)
         except ValueError as exc:
             if "constraint" not in str(exc) and "invalid values" not in str(exc):
                 raise

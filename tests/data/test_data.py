@@ -64,6 +64,30 @@ def test_torchvision_mnist_loaders_read_idx_files(tmp_path, name, folder):
     assert d.y_train.dtype == torch.int64 and d.num_classes == 10
 
 
+@pytest.mark.parametrize("found", [True, False])
+def test_digits_are_scikit_learns_read_with_or_without_importing_it(found, monkeypatch):
+    """The digits file read directly gives scikit-learn's images and labels; where the file is
+    not found, scikit-learn's loader is used."""
+    import importlib.util
+
+    from sklearn.datasets import load_digits as sk_digits
+
+    if not found:
+        real = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a: None if name == "sklearn" else real(name, *a))
+    data = load_dataset("digits", split_seed=3)
+    assert data.x_train.dtype == torch.float32 and data.x_train.shape[1:] == (1, 8, 8)
+    x = torch.cat([data.x_train, data.x_test]).reshape(-1, 64).numpy() * 16
+    y = torch.cat([data.y_train, data.y_test]).numpy()
+    bunch = sk_digits()
+
+    def rows(pixels, labels):  # the split shuffles: compare as sorted rows
+        return sorted(map(tuple, np.concatenate([pixels, labels[:, None]], 1).tolist()))
+
+    assert rows(x, y) == rows(bunch.data, bunch.target)
+
+
 def test_fashion_mnist_is_unpacked_from_debian_gzip_files(tmp_path, monkeypatch):
     debian = tmp_path / "debian"
     make_mnist_files(debian, "x", gz=True)

@@ -210,6 +210,9 @@ def test_trainer_compiled_run_follows_the_uncompiled_one():
     suite's TorchInductor test (the traced graph itself is checked op by op, 'aten', above): a
     lowered program whose loss or gradient differed from the eager one would leave the JIT
     run's trajectory within the first steps. One compile only: a cold one costs 15–25 s."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
     runs = {}
     for compile_ in (False, True):
         pyro.clear_param_store()
@@ -226,6 +229,11 @@ def test_trainer_compiled_run_follows_the_uncompiled_one():
         assert b["step_path"] == ("compiled")
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["test_elbo"] == pytest.approx(b["test_elbo"], rel=1e-4)
+    # the program went through Inductor's on-disk cache (found or stored), not around it: a
+    # bypassed cache recompiles the same step in every process
+    cache = counters["inductor"]
+    assert cache["fxgraph_cache_bypass"] == 0
+    assert cache["fxgraph_cache_hit"] + cache["fxgraph_cache_miss"] == 1
 
 
 def test_automatic_choice_and_refusals():
