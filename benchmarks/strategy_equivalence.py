@@ -55,16 +55,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--case", action="append", choices=CASES, help="repeatable; default all")
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--strategy", action="append", choices=list(STRATEGIES),
+                   help="repeatable; default all (eager is always run: the reference)")
     p.add_argument("--epochs", type=int, help="default: each data set's own")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="runs/strategy_equivalence")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
+    chosen = {name: options for name, options in STRATEGIES.items()
+              if name == "eager" or not args.strategy or name in args.strategy}
     for case in args.case or CASES:
-        elbos: dict[str, list[float]] = {s: [] for s in STRATEGIES}
-        for seed in range(args.seeds):
-            for name, options in STRATEGIES.items():
+        elbos: dict[str, list[float]] = {s: [] for s in chosen}
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            for name, options in chosen.items():
                 start = time.perf_counter()
                 value, path = final_test_elbo(case, seed, args.epochs, options)
                 expected = {"eager": "eager", "default (JIT)": "jit", "compiled": "compiled"}
