@@ -236,6 +236,27 @@ def test_trainer_compiled_run_follows_the_uncompiled_one():
     assert cache["fxgraph_cache_hit"] + cache["fxgraph_cache_miss"] == 1
 
 
+def test_a_cached_program_computes_with_the_constants_of_its_own_graph():
+    """Inductor's cache serves a program by the graph's structure and shapes: two graphs that
+    differ only in a tensor constant's value (a flow's mask, a fixed σ held as a tensor) share
+    one cached program, which must read the constant at run time — the second call has to
+    compute with 3, not with the cached graph's 2."""
+    from torch._dynamo.utils import counters
+
+    from pyro_vae.infer.compiled import CompiledProgram
+
+    def affine(value):
+        constant = torch.full((5,), value)
+        return lambda x: (x * constant + 1,)
+
+    x = torch.ones(5)
+    counters.clear()
+    outs = [CompiledProgram(affine(value))(x)[0] for value in (2.0, 3.0)]
+    assert torch.equal(outs[0], torch.full((5,), 3.0))
+    assert torch.equal(outs[1], torch.full((5,), 4.0))
+    assert counters["inductor"]["fxgraph_cache_hit"] >= 1  # the second graph was served
+
+
 def test_automatic_choice_and_refusals():
     data = _data()
     short = Trainer(small_vae(num_data=96), data, Config(dataset="file", epochs=2, batch_size=32))
