@@ -389,6 +389,22 @@ def _check_constants(graph: fx.GraphModule, params: Sequence[torch.Tensor]) -> N
                 "not among the params given; pass every trainable tensor")
 
 
+@contextlib.contextmanager
+def _quiet_cuda_probe() -> Iterator[None]:
+    """Silence ``torch.utils.cpp_extension``'s "No CUDA runtime is found, using CUDA_HOME=…"
+    while Inductor builds a CPU program (it is logged on a CPU-only machine that has a CUDA
+    directory, and says nothing about the program)."""
+    import logging
+
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _compile(graph: fx.GraphModule, inputs: Sequence[torch.Tensor], backend: str
              ) -> Callable[..., Any]:
     """``graph`` lowered by TorchInductor, through its on-disk caches.
@@ -408,7 +424,8 @@ def _compile(graph: fx.GraphModule, inputs: Sequence[torch.Tensor], backend: str
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
     try:
-        with torch.no_grad(), tracing(TracingContext(FakeTensorMode(shape_env=ShapeEnv()))):
+        with torch.no_grad(), tracing(TracingContext(FakeTensorMode(shape_env=ShapeEnv()))), \
+                _quiet_cuda_probe():
             return torch._inductor.compile(graph, [t.detach() for t in inputs],
                                            options=INDUCTOR_OPTIONS)
     except Exception as exc:  # no C++ compiler, an unsupported op, ...

@@ -310,3 +310,30 @@ def test_traced_score_function_step_equals_the_eager_one(estimator):
     args = (x, idx, torch.tensor(1.0))
     step = CompiledStep(loss_fn, params, backend="aten")
     _assert_matches_eager(step, loss_fn, params, args, seeds=(1, 2), grad_atol=1e-5)
+
+
+def test_compiling_does_not_print_torchs_cuda_probe():
+    """On a CPU-only machine with a CUDA directory, importing torch's C++-extension helper (the
+    first Inductor compile in a process does) logs "No CUDA runtime is found": silenced while the
+    step compiles, restored after."""
+    import logging
+
+    from pyro_vae.infer.compiled import _quiet_cuda_probe
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.DEBUG)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    logger, handler = logging.getLogger("torch.utils.cpp_extension"), Records()
+    logger.addHandler(handler)
+    try:
+        with _quiet_cuda_probe():
+            logger.warning("No CUDA runtime is found, using CUDA_HOME='/usr/local'")
+        logger.warning("after")
+    finally:
+        logger.removeHandler(handler)
+    assert handler.messages == ["after"]
