@@ -415,7 +415,7 @@ def _compile(graph: fx.GraphModule, inputs: Sequence[torch.Tensor], backend: str
     is bypassed ("No shape env") and every run regenerates and recompiles the same C++ (7 s for
     the digits step on this project's CPUs). The context given here holds static shapes only (a
     graph is compiled per input signature), so a later process that traces the same step loads
-    it from the cache (2.8 s, most of it importing Inductor and probing the CPU's vector ISA).
+    it from the cache (2.6 s, most of it importing Inductor and probing the CPU's vector ISA).
     """
     if backend == "aten":
         return graph
