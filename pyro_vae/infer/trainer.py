@@ -84,9 +84,10 @@ from pyro_vae.resources import FLOAT_BYTES, check_memory, per_sample_elements
 from pyro_vae.sites import OBS_SCALE_PARAM
 
 #: Fewest training steps (epochs × steps per epoch) for which ``compile=None`` compiles the step
-#: on CPU: compiling takes 8–15 s on a 2-core machine (Inductor's on-disk cache empty or warm)
-#: and saves 1–2.5 ms per step on the benchmark cases (BENCHMARKS.md), so shorter runs finish
-#: sooner on the JIT path.
+#: on CPU: compiling takes 7–15 s on a 2-core machine with Inductor's on-disk cache empty (3–4 s
+#: from it) and saves 1–2.5 ms per step on the benchmark cases (BENCHMARKS.md), so shorter runs
+#: finish sooner on the JIT path. The rule assumes the empty cache: the path a command takes (and
+#: so its numbers, to float rounding) never depends on what earlier runs left on the machine.
 COMPILE_MIN_STEPS = 8000
 
 

@@ -218,7 +218,8 @@ class VariationalEM:
     :param compile: run every step after the first as one TorchInductor program
         (:class:`~pyro_vae.infer.compiled.CompiledProgram`: the E-steps, the M-step and both
         Adams; same draws and updates as the eager step). On the circle an alternating epoch
-        takes 0.025 s compiled against 0.20 s eager (8×), after about 17 s of compiling;
+        takes 0.025 s compiled against 0.20 s eager (8×), after about 17 s of compiling (an
+        empty Inductor cache; a few seconds from the cache);
         ``"aten"`` traces without compiling (tests). A step that cannot be traced falls back
         to the eager one with a warning.
     """
