@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import types
 import warnings
 from collections.abc import Callable, Sequence
@@ -37,7 +38,7 @@ import pyro
 import torch
 from torch import nn
 
-from pyro_vae.errors import ModelError
+from pyro_vae.errors import DataError, ModelError
 from pyro_vae.infer.compiled import AdamUpdate, CompiledStep, NotCompilableError
 
 __all__ = ["MAX_RETRACES", "CapturedState", "CompiledWholeStep", "EagerStep", "JitStep",
@@ -75,6 +76,30 @@ def all_finite(loss: float, grads: list[torch.Tensor]) -> bool:
     except RuntimeError:
         return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
     return not found_inf.item()
+
+
+_OUTSIDE_SUPPORT = re.compile(r"Expected value argument \(Tensor of shape (\([^)]*\))\) to be "
+                              r"within the support \((.*?)\) of the distribution (\w+)")
+
+
+def outside_support(exc: BaseException) -> DataError | None:
+    """A one-line :class:`DataError` for Pyro's "value outside the support" failure of a site's
+    log-density (``exc``'s message, as torch's distribution validation and Pyro's site context
+    word it), or None for any other failure. On the first step this is almost always the data:
+    pixel intensities scored by a Bernoulli likelihood, which torch rejects as "invalid values"
+    — the same words as a divergence's NaN parameters, so it must be told apart before them."""
+    text = str(exc)
+    found = _OUTSIDE_SUPPORT.search(text)
+    if found is None:
+        return None
+    shape, support, family = found.groups()
+    site = re.search(r"at site '([^']+)'", text)
+    where = f"at site {site.group(1)!r} " if site else ""
+    return DataError(
+        f"the value {where}(shape {shape}) is outside the support {support} of its {family} "
+        "distribution: observed data must lie in it (binary values for a Bernoulli likelihood: "
+        "binarize pixel intensities with --binarize dynamic or threshold, or score them with a "
+        "likelihood for [0, 1] data), and so must a guide's draw of a latent site")
 
 
 # --------------------------------------------------------------------------- captured state
@@ -220,6 +245,10 @@ class EagerStep:
                     value = float(self.elbo.loss_and_grads(self.model, self.guide, *args,
                                                              **kwargs))
             except (ValueError, RuntimeError, TypeError, KeyError, IndexError) as exc:
+                support = outside_support(exc)
+                if support is not None:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    raise support from None
                 # Distribution validation rejects NaN/inf parameters (the logits of a decoder
                 # whose weights diverged, an overflowing encoder scale): a divergence.
                 if isinstance(exc, ValueError) and "invalid values" in str(exc):
@@ -350,7 +379,13 @@ class JitStep(_Traced):
         new = size not in self.traced
         if new:
             self.begin_trace()
-            self._trace_ahead(args, size)
+            try:
+                self._trace_ahead(args, size)
+            except (ValueError, RuntimeError) as exc:  # tracing runs the model with validation
+                support = outside_support(exc)
+                if support is None:
+                    raise
+                raise support from None
         with torch.jit.optimized_execution(False):
             # the traced graph run op by op, so that autograd differentiates it as in eager
             # mode: on CPU faster than the graph executor's own symbolic autodiff

@@ -327,6 +327,29 @@ def test_a_first_step_that_fails_is_one_library_error():
         trainer.fit()
 
 
+@pytest.mark.parametrize("jit", [True, False])
+def test_data_outside_the_likelihoods_support_is_a_data_error_not_a_divergence(jit):
+    """Pixel intensities scored by a user's Bernoulli model: torch rejects them with "invalid
+    values", the words of a diverged decoder's NaN logits — which the eager step used to report
+    as "the loss became nan ... lower --lr", and the JIT step's tracing as Pyro's raw error."""
+    from pyro_vae import DataError
+    from pyro_vae.models.two_layer import TwoLayerVAE
+
+    data = gaussian_data(n=64)
+    data = DataSet("toy", torch.sigmoid(data.x_train), torch.sigmoid(data.x_test), None, None,
+                   "vector")
+    pyro.clear_param_store()
+    vae = TwoLayerVAE((D,), latent_dims=(2, 1), hidden=((8,), (4,)), num_data=64)
+    trainer = Trainer(vae, data, Config(epochs=1, batch_size=32, jit=jit))
+    with pytest.raises(DataError) as info:
+        trainer.fit()
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("the value at site 'x' (shape (32, 4)) is outside the support "
+                              "Boolean() of its Bernoulli distribution")
+    assert "--binarize" in message
+
+
 def test_the_readme_run_on_its_default_path_follows_eager_epoch_by_epoch():
     """The README's run (the digits' defaults: 12 steps per epoch, dynamic binarization) on the
     path it takes by default (JIT) and eagerly, same seed and batch order: the per-epoch
