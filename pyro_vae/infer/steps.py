@@ -102,6 +102,21 @@ def outside_support(exc: BaseException) -> DataError | None:
         "likelihood for [0, 1] data), and so must a guide's draw of a latent site")
 
 
+def first_step_failure(exc: BaseException) -> ModelError:
+    """The one-line error of a first training step that fails: model, guide and loss have never
+    run together on a batch, so the usual cause is a model or guide that does not take a
+    mini-batch. The reason is the exception's first line, with the next one when the first only
+    names the site (Pyro's "Error while computing log_prob at site 'x':")."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    reason = " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else \
+        (lines[0] if lines else "")
+    return ModelError(
+        f"the first training step fails ({type(exc).__name__}: {reason}); check that model and "
+        "guide take a mini-batch of the data (an autoguide over local latents needs "
+        "--batch-size equal to the data size, or a subsampled data plate with "
+        "create_plates=...)")
+
+
 # --------------------------------------------------------------------------- captured state
 _SCALARS = (int, float, bool, str, bytes, complex, type(None))
 #: modules whose functions and objects hold no user state a step could capture
@@ -256,13 +271,7 @@ class EagerStep:
                     raise NonFiniteStepError(float("nan")) from None
                 if self.validated:
                     raise
-                # the first step: model, guide and loss have never run together on a batch
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                raise ModelError(
-                    f"the first training step fails ({type(exc).__name__}: {first}); check that "
-                    "model and guide take a mini-batch of the data (an autoguide over local "
-                    "latents needs --batch-size equal to the data size, or a subsampled data "
-                    "plate with create_plates=...)") from None
+                raise first_step_failure(exc) from None
         self.validated = True
         if not all_finite(value, [p.grad for p in self.params if p.grad is not None]):
             self.optimizer.zero_grad(set_to_none=True)
@@ -381,11 +390,15 @@ class JitStep(_Traced):
             self.begin_trace()
             try:
                 self._trace_ahead(args, size)
-            except (ValueError, RuntimeError) as exc:  # tracing runs the model with validation
+            except (ValueError, RuntimeError, TypeError, KeyError, IndexError) as exc:
+                # tracing runs model, guide and loss for the first time at this batch size,
+                # with validation on at the very first: the eager step's errors, said as it does
                 support = outside_support(exc)
-                if support is None:
+                if support is not None:
+                    raise support from None
+                if self.validated:
                     raise
-                raise support from None
+                raise first_step_failure(exc) from None
         with torch.jit.optimized_execution(False):
             # the traced graph run op by op, so that autograd differentiates it as in eager
             # mode: on CPU faster than the graph executor's own symbolic autodiff
