@@ -38,7 +38,7 @@ import pyro
 import torch
 from torch import nn
 
-from pyro_vae.errors import DataError, ModelError
+from pyro_vae.errors import DataError, ModelError, PyroVAEError
 from pyro_vae.infer.compiled import AdamUpdate, CompiledStep, NotCompilableError
 
 __all__ = ["MAX_RETRACES", "CapturedState", "CompiledWholeStep", "EagerStep", "JitStep",
@@ -269,7 +269,7 @@ class EagerStep:
                 if isinstance(exc, ValueError) and "invalid values" in str(exc):
                     self.optimizer.zero_grad(set_to_none=True)
                     raise NonFiniteStepError(float("nan")) from None
-                if self.validated:
+                if self.validated or isinstance(exc, PyroVAEError):  # already one line
                     raise
                 raise first_step_failure(exc) from None
         self.validated = True
@@ -396,7 +396,7 @@ class JitStep(_Traced):
                 support = outside_support(exc)
                 if support is not None:
                     raise support from None
-                if self.validated:
+                if self.validated or isinstance(exc, PyroVAEError):  # already one line
                     raise
                 raise first_step_failure(exc) from None
         with torch.jit.optimized_execution(False):
