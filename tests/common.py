@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyro
 import pyro.distributions as dist
+import pytest
 import torch
 from PIL import Image
 from torch import nn
@@ -367,3 +370,14 @@ def tiny_moons_run(out: Path) -> Path:
     train_run(Config(dataset="moons", hidden=(8,), max_train=64, max_test=16, epochs=1,
                      batch_size=32), out, progress=False, figures=False)
     return out
+
+
+def assert_one_line_error(fn: Callable[[], Any]) -> pyro_vae.PyroVAEError:
+    """``fn()`` raises a library error whose message is one non-empty line (a raw exception
+    propagates and fails the test); returns the error."""
+    with pytest.raises(pyro_vae.PyroVAEError) as info:
+        fn()
+    message = str(info.value)
+    assert message.strip(), f"empty message from {type(info.value).__name__}"
+    assert "\n" not in message, message
+    return info.value

@@ -47,6 +47,7 @@ from pyro.poutine.util import site_is_subsample
 
 import pyro_vae
 from tests import zoo
+from tests.common import assert_one_line_error
 from tests.zoo import CASES, GaussianPosterior, MixturePosterior, ZooCase, make_case
 
 Tensor = torch.Tensor
@@ -110,17 +111,6 @@ def refused(case: ZooCase, continuous_only: bool = False, weights_guide: bool = 
     # density: the tools that weight by the guide refuse it in one line
     return case.refuse_per_point or (weights_guide and bool(case.guide_sites_outside_plate)) or (
         continuous_only and bool(case.discrete_sites))
-
-
-def assert_one_line_error(fn: Callable[[], Any]) -> pyro_vae.PyroVAEError:
-    """``fn()`` raises a library error whose message is one non-empty line (a raw exception
-    propagates and fails the test); returns the error."""
-    with pytest.raises(pyro_vae.PyroVAEError) as info:
-        fn()
-    message = str(info.value)
-    assert message.strip(), f"empty message from {type(info.value).__name__}"
-    assert "\n" not in message, message
-    return info.value
 
 
 def value_or_one_line_error(fn: Callable[[], Any]) -> Any:

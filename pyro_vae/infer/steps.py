@@ -117,6 +117,23 @@ def first_step_failure(exc: BaseException) -> ModelError:
         "create_plates=...)")
 
 
+def step_failure(exc: BaseException, first: bool) -> Exception | None:
+    """What a step raises for ``exc`` (None: let it propagate as it is), the same for every
+    strategy: a value outside its support → :func:`outside_support`'s :class:`DataError`;
+    distribution validation rejecting NaN/inf parameters ("invalid values": the logits of a
+    decoder whose weights diverged, an overflowing encoder scale) → a divergence,
+    :class:`NonFiniteStepError`; any other failure of the ``first`` step, unless it already is
+    one of the library's one-line errors → :func:`first_step_failure`."""
+    support = outside_support(exc)
+    if support is not None:
+        return support
+    if isinstance(exc, ValueError) and "invalid values" in str(exc):
+        return NonFiniteStepError(float("nan"))
+    if first and not isinstance(exc, PyroVAEError):
+        return first_step_failure(exc)
+    return None
+
+
 # --------------------------------------------------------------------------- captured state
 _SCALARS = (int, float, bool, str, bytes, complex, type(None))
 #: modules whose functions and objects hold no user state a step could capture
@@ -260,18 +277,11 @@ class EagerStep:
                     value = float(self.elbo.loss_and_grads(self.model, self.guide, *args,
                                                              **kwargs))
             except (ValueError, RuntimeError, TypeError, KeyError, IndexError) as exc:
-                support = outside_support(exc)
-                if support is not None:
-                    self.optimizer.zero_grad(set_to_none=True)
-                    raise support from None
-                # Distribution validation rejects NaN/inf parameters (the logits of a decoder
-                # whose weights diverged, an overflowing encoder scale): a divergence.
-                if isinstance(exc, ValueError) and "invalid values" in str(exc):
-                    self.optimizer.zero_grad(set_to_none=True)
-                    raise NonFiniteStepError(float("nan")) from None
-                if self.validated or isinstance(exc, PyroVAEError):  # already one line
+                failure = step_failure(exc, first=not self.validated)
+                if failure is None:
                     raise
-                raise first_step_failure(exc) from None
+                self.optimizer.zero_grad(set_to_none=True)
+                raise failure from None
         self.validated = True
         if not all_finite(value, [p.grad for p in self.params if p.grad is not None]):
             self.optimizer.zero_grad(set_to_none=True)
@@ -393,12 +403,10 @@ class JitStep(_Traced):
             except (ValueError, RuntimeError, TypeError, KeyError, IndexError) as exc:
                 # tracing runs model, guide and loss for the first time at this batch size,
                 # with validation on at the very first: the eager step's errors, said as it does
-                support = outside_support(exc)
-                if support is not None:
-                    raise support from None
-                if self.validated or isinstance(exc, PyroVAEError):  # already one line
+                failure = step_failure(exc, first=not self.validated)
+                if failure is None:
                     raise
-                raise first_step_failure(exc) from None
+                raise failure from None
         with torch.jit.optimized_execution(False):
             # the traced graph run op by op, so that autograd differentiates it as in eager
             # mode: on CPU faster than the graph executor's own symbolic autodiff
